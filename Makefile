@@ -1,0 +1,53 @@
+# Peer Cycles node. `make run` serves a demo node; `make test` runs the whole suite.
+SHELL := /bin/bash
+PEER_PORT ?= 8000
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# The first Python >= 3.12 found: PATH first, then the pyenv versions these machines carry.
+PYTHON ?= $(shell for p in python3.12 python3.13 python3.14 /root/.pyenv/versions/3.12.1/bin/python \
+	/root/.pyenv/versions/3.13.0/bin/python python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+	&& { command -v $$p; break; }; done)
+
+.PHONY: run test setup migrate check-python clean help
+
+help:
+	@echo "make run    - install, migrate, seed a demo fleet and serve the node on 127.0.0.1:$(PEER_PORT)"
+	@echo "make test   - install and run the whole test suite against PostgreSQL and Redis"
+	@echo "make setup  - only create .venv and install Python and npm packages"
+
+check-python:
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "No Python 3.12 or newer found. Install one (e.g. 'pyenv install 3.12' or your OS package" >&2; \
+	  echo "python3.12) and rerun, or point to it: make PYTHON=/path/to/python3.12 $(MAKECMDGOALS)" >&2; \
+	  exit 1; fi
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt worker/requirements.txt | check-python
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@echo "Installing Python packages (the first install builds llama.cpp: about 8 minutes on 2 cores)..."
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(VENV)/.installed node_modules/.installed
+
+migrate: setup
+	@mkdir -p var
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	$(PY) manage.py run_node --port $(PEER_PORT)
+
+# Tests use real PostgreSQL and Redis: these defaults are the local servers (.ci/run starts them).
+test: setup
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/peercycles} \
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/7} \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var .pytest_cache

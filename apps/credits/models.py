@@ -1,0 +1,69 @@
+"""The double-entry ledger: accounts with cached balances, append-only transactions and entries.
+
+Amounts are integers in the asset's smallest unit (micro-USDC for USDC; base units for PEER).
+Every transaction's entries sum to zero per asset; balances are changed only by
+`services.ledger_post`, in the same database transaction as the entries, under row locks.
+"""
+
+from django.conf import settings
+from django.db import models
+
+
+class Asset(models.TextChoices):
+    USDC = "USDC", "USDC (micro units)"
+    PEER = "PEER", "$PEER (base units)"
+
+
+class AccountKind(models.TextChoices):
+    USER = "user", "User credits"
+    HELD = "held", "User credits on hold for running jobs"
+    WORKER = "worker", "Worker earnings"
+    STAKERS_POOL = "stakers_pool", "Stakers' pool"
+    TREASURY = "treasury", "Treasury"
+    PROMO = "promo", "Treasury promotional grants (issuer)"
+    EXTERNAL = "external", "Outside the ledger (issuer)"
+
+
+class LedgerAccount(models.Model):
+    code = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=AccountKind.choices)
+    asset = models.CharField(max_length=8, choices=Asset.choices, default=Asset.USDC)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                             on_delete=models.PROTECT, related_name="ledger_accounts")
+    balance = models.BigIntegerField(default=0)
+    # Only issuer accounts (promo, external) may go below zero: they are where value enters.
+    allow_negative = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(allow_negative=True) | models.Q(balance__gte=0),
+                                   name="ledger_account_non_negative_unless_issuer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.asset})"
+
+
+class LedgerTransaction(models.Model):
+    kind = models.CharField(max_length=30)
+    idempotency_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    reference = models.CharField(max_length=100, blank=True, db_index=True,
+                                 help_text="What caused it, e.g. job:<uuid>.")
+    memo = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.kind} {self.reference}"
+
+
+class LedgerEntry(models.Model):
+    transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
+    asset = models.CharField(max_length=8, choices=Asset.choices)
+    amount = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["account", "id"])]

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MarketplaceConfig(AppConfig):
+    name = "apps.marketplace"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,65 @@
+"""The demo fleet `make run` serves: a demo buyer with credits and key, local workers, and the
+catalogue name `peer-mixtral` mapped (openly, in /v1/models) to the built-in Gemma 3 270M."""
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from apps.accounts.services import api_key_issue, api_keys_revoke_named, user_get_or_create
+from apps.credits.selectors import balance_get
+from apps.credits.pricing import credits_to_micro
+from apps.credits.services import credits_grant
+from apps.workers.models import CatalogueModel, Worker
+from apps.workers.services import worker_register, worker_token_rotate
+from worker.backends.modelfile import resolve_model
+
+DEMO_USER = "demo"
+DEMO_OPERATOR = "demo-operator"
+DEMO_CREDITS = 10_000  # $100 of credits
+DEMO_NAMES = {
+    "peer-mixtral": "Demo name from the concept paper; served by the built-in Gemma 3 270M, not Mixtral.",
+    "gemma-3-270m": "Gemma 3 270M (Q4_K_M GGUF), the built-in model of the bundled agent.",
+}
+
+
+@dataclass
+class DemoFleet:
+    api_key: str
+    worker_tokens: list[tuple[str, str]]  # (worker name, one-time token)
+    model_id: str
+    model_digest: str
+
+
+def catalogue_seed_builtin() -> tuple[str, str, str]:
+    """Map the demo names to the built-in model and its real digest; returns (id, digest, path)."""
+    model = resolve_model(None)
+    for name, description in DEMO_NAMES.items():
+        CatalogueModel.objects.update_or_create(name=name, defaults={
+            "served_model": model.id, "digests": [model.digest], "description": description,
+            "context_length": 2048, "tokenizer_path": str(model.path), "active": True})
+    return model.id, model.digest, str(model.path)
+
+
+def demo_seed(*, agents: int) -> DemoFleet:
+    """Idempotent: reuses the demo users and workers, tops credits up, and rotates the demo
+    key and worker tokens (only their hashes are stored, so a new run needs new ones)."""
+    model_id, digest, _ = catalogue_seed_builtin()
+    buyer = user_get_or_create(username=DEMO_USER)
+    missing = credits_to_micro(DEMO_CREDITS) - balance_get(user=buyer)
+    if missing > 0:
+        credits_grant(user=buyer, credits=-(-missing // credits_to_micro(1)), memo="demo top-up")
+    api_keys_revoke_named(user=buyer, name="demo")
+    _, raw_key = api_key_issue(user=buyer, name="demo")
+    operator = user_get_or_create(username=DEMO_OPERATOR)
+    tokens = []
+    for index in range(agents):
+        name = f"demo-cpu-{index + 1}"
+        with transaction.atomic():
+            worker = Worker.objects.filter(operator=operator, name=name).first()
+            if worker is None:
+                worker, token = worker_register(operator=operator, name=name, tiers=["open", "verified"])
+            else:
+                token = worker_token_rotate(worker_id=worker.id)
+        tokens.append((name, token))
+    return DemoFleet(api_key=raw_key, worker_tokens=tokens, model_id=model_id, model_digest=digest)
+

@@ -1,0 +1,101 @@
+"""`make run`: the whole node on one machine — web (daphne), Celery, and local worker agents."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.marketplace.demo import demo_seed
+
+
+def _wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+class Command(BaseCommand):
+    help = "Seed the demo fleet and serve the node with its local worker agents until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PEER_PORT", 8000)))
+        parser.add_argument("--agents", type=int, default=int(os.environ.get("PEER_DEMO_AGENTS", 2)),
+                            help="local worker agents to start (default 2)")
+        parser.add_argument("--agent-threads", type=int, default=1, help="CPU threads per agent")
+
+    def handle(self, *args, port, agents, agent_threads, **options):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise CommandError(f"Port {port} is taken; set PEER_PORT to another port.")
+        fleet = demo_seed(agents=agents)
+        self.children: list[subprocess.Popen] = []
+        python = sys.executable
+        self._spawn([python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "peercycles.asgi:application"])
+        if not _wait_for_port(port, 30):
+            self._stop()
+            raise CommandError("The web server did not start; see its output above.")
+        if settings.REDIS_URL:
+            self._spawn([python, "-m", "celery", "-A", "peercycles", "worker", "--beat", "-l", "warning",
+                         "--concurrency", "1"])
+            celery_mode = "Celery worker + beat on Redis"
+        else:
+            threading.Thread(target=self._embedded_beat, daemon=True).start()
+            celery_mode = "Celery tasks run inside the node (no REDIS_URL)"
+        server = f"http://127.0.0.1:{port}"
+        for name, token in fleet.worker_tokens:
+            self._spawn([python, "-m", "worker", "--server", server, "--token", token,
+                         "--threads", str(agent_threads), "--name", name])
+        database = "PostgreSQL" if settings.DATABASE_URL else "SQLite (var/peercycles.sqlite3)"
+        layer = "Redis" if settings.REDIS_URL else "in-memory"
+        self.stdout.write(self.style.SUCCESS(f"\nPeer Cycles node: {server}\n"))
+        self.stdout.write(f"  OpenAI base URL  {server}/v1\n  demo API key     {fleet.api_key}\n"
+                          f"  model            peer-mixtral -> {fleet.model_id} ({fleet.model_digest[:19]}…)\n"
+                          f"  services         {database}, {layer} channel layer, {celery_mode}\n"
+                          f"  agents           {len(fleet.worker_tokens)} local builtin workers\n\n"
+                          f"  curl {server}/v1/chat/completions -H \"authorization: Bearer {fleet.api_key}\" "
+                          "-H \"content-type: application/json\" -d '{\"model\":\"peer-mixtral\",\"peer_tier\":"
+                          "\"verified\",\"messages\":[{\"role\":\"user\",\"content\":\"explain attestation\"}]}'\n\n"
+                          "Ctrl-C stops everything.\n")
+        signal.signal(signal.SIGTERM, lambda *_: self._stop(exit_code=0))
+        try:
+            while all(child.poll() is None for child in self.children[:1]):
+                time.sleep(0.5)
+            raise CommandError("The web server exited.")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._stop()
+
+    def _spawn(self, argv):
+        self.children.append(subprocess.Popen(argv))
+
+    def _embedded_beat(self):
+        """Without a broker, run the beat schedule's tasks here, in the node's own process."""
+        from peercycles.celery import app
+
+        while True:
+            time.sleep(30)
+            for entry in settings.CELERY_BEAT_SCHEDULE.values():
+                app.tasks[entry["task"]].apply()
+
+    def _stop(self, exit_code=None):
+        for child in reversed(self.children):
+            if child.poll() is None:
+                child.terminate()
+        for child in self.children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if exit_code is not None:
+            sys.exit(exit_code)

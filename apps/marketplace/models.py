@@ -1,0 +1,61 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Job(models.Model):
+    """One inference request: its quote and hold, where it ran, and what it cost.
+
+    Written at creation, at assignment and once at the end; never per token.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    class HoldState(models.TextChoices):
+        HELD = "held"
+        CAPTURED = "captured"
+        RELEASED = "released"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    public_model = models.CharField(max_length=100)
+    served_model = models.CharField(max_length=200)
+    model_digest = models.CharField(max_length=100, blank=True)
+    tier = models.CharField(max_length=20)
+    stream = models.BooleanField(default=False)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    messages = models.JSONField()
+    params = models.JSONField(help_text="max_tokens, temperature, top_p, seed, stop")
+    seed = models.BigIntegerField()
+    prompt_sha256 = models.CharField(max_length=64)
+    prompt_tokens = models.PositiveIntegerField()
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    worker = models.ForeignKey("workers.Worker", null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="jobs")
+    hold_amount = models.BigIntegerField(help_text="micro-USDC held at the quote")
+    charged_amount = models.BigIntegerField(null=True, blank=True, help_text="micro-USDC captured")
+    hold_state = models.CharField(max_length=10, choices=HoldState.choices, default=HoldState.HELD)
+    output_text = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    commitment = models.JSONField(null=True, blank=True, help_text="inputs and hash")
+    error_code = models.CharField(max_length=50, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(help_text="After this the reaper refunds a job still open.")
+
+    class Meta:
+        indexes = [models.Index(fields=["hold_state", "deadline_at"]), models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.status})"
+
+    @property
+    def reference(self) -> str:
+        return f"job:{self.id}"

@@ -1,0 +1,109 @@
+"""Parse and validate an OpenAI chat-completion body into a ChatRequest. Pure, no I/O."""
+
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from .errors import ApiError
+
+TIERS = ("open", "verified", "confidential")
+ROLES = ("system", "developer", "user", "assistant")
+MAX_MESSAGES = 200
+MAX_STOP = 4
+SEED_LIMIT = 2**31 - 1  # llama.cpp seeds are 32-bit
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict]
+    tier: str
+    stream: bool
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: list[str] = field(default_factory=list)
+    include_usage: bool = False
+
+    def params(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "stop": self.stop}
+
+
+def _bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise _bad(f"'{name}' must be a number between {low} and {high}.", name)
+    return float(value)
+
+
+def _messages(raw) -> list[dict]:
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'messages' must be a non-empty array of {role, content} objects.", "messages",
+                   "missing_required_parameter" if raw is None else "invalid_value")
+    if len(raw) > MAX_MESSAGES:
+        raise _bad(f"At most {MAX_MESSAGES} messages per request.", "messages")
+    cleaned = []
+    for index, message in enumerate(raw):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise _bad(f"messages[{index}].role must be one of {', '.join(ROLES)}.", f"messages[{index}].role")
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise _bad(f"messages[{index}].content: only text parts are supported.", f"messages[{index}].content")
+        elif not isinstance(content, str):
+            raise _bad(f"messages[{index}].content must be a string or text parts.", f"messages[{index}].content")
+        cleaned.append({"role": message["role"], "content": content})
+    return cleaned
+
+
+def parse_chat_request(raw_body: bytes, *, default_tier: str, default_max_tokens: int,
+                       max_tokens_limit: int) -> ChatRequest:
+    try:
+        body = json.loads(raw_body or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required.", "model", "missing_required_parameter")
+    tier = body.get("peer_tier", default_tier)
+    if tier not in TIERS:
+        raise _bad(f"'peer_tier' must be one of {', '.join(TIERS)}.", "peer_tier")
+    if body.get("n", 1) != 1:
+        raise _bad("Only n=1 is supported.", "n")
+    limit_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = body.get(limit_name)
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= max_tokens_limit:
+        raise _bad(f"'{limit_name}' must be an integer from 1 to {max_tokens_limit}.", limit_name)
+    seed = body.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(SEED_LIMIT)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_LIMIT:
+        raise _bad(f"'seed' must be an integer from 0 to {SEED_LIMIT}.", "seed")
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise _bad(f"'stop' must be a string or up to {MAX_STOP} non-empty strings.", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be a boolean.", "stream")
+    stream_options = body.get("stream_options") or {}
+    return ChatRequest(
+        model=model, messages=_messages(body.get("messages")), tier=tier, stream=stream,
+        max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0), seed=seed, stop=stop,
+        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+    )

@@ -1,0 +1,128 @@
+"""Job writes: create (quote + hold), start, complete (usage, commitment, settle), fail (refund).
+
+Lock order everywhere: the job row first, then ledger accounts by id (inside ledger_post).
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.credits.pricing import job_price
+from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
+from apps.workers.models import CatalogueModel
+from worker.commitment import commitment_hash, commitment_inputs, sha256_hex
+from worker.prompt import format_chat
+
+from .errors import ApiError
+from .models import Job
+from .requests import ChatRequest
+from .tokens import count_tokens
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, price: int, available: int):
+        super().__init__(f"price {price} > available {available}")
+        self.price, self.available = price, available
+
+
+@dataclass(frozen=True)
+class Quote:
+    prompt_tokens: int
+    amount: int
+
+
+def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:
+    prompt_tokens, _ = count_tokens(format_chat(chat.messages), tokenizer_path=entry.tokenizer_path, add_bos=True)
+    if prompt_tokens + chat.max_tokens > entry.context_length:
+        raise ApiError(400, f"This model's context is {entry.context_length} tokens; the messages take "
+                       f"{prompt_tokens} and max_tokens asks for {chat.max_tokens}.",
+                       param="messages", code="context_length_exceeded")
+    amount = job_price(base=settings.PEER_TIER_BASE_PRICE[chat.tier], per_token=settings.PEER_PRICE_PER_TOKEN,
+                       prompt_tokens=prompt_tokens, completion_tokens=chat.max_tokens)
+    return Quote(prompt_tokens=prompt_tokens, amount=amount)
+
+
+def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
+    """Quote the job and hold its price from the user's credits, atomically.
+
+    Raises InsufficientCredits (nothing written) when the credits do not cover the quote.
+    """
+    quote = job_quote(chat=chat, entry=entry)
+    budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
+    with transaction.atomic(durable=True):
+        job = Job.objects.create(
+            user=user, public_model=entry.name, served_model=entry.served_model, tier=chat.tier,
+            stream=chat.stream, messages=chat.messages, params=chat.params(), seed=chat.seed,
+            prompt_sha256=sha256_hex(format_chat(chat.messages)), prompt_tokens=quote.prompt_tokens,
+            hold_amount=quote.amount, deadline_at=timezone.now() + timezone.timedelta(seconds=budget))
+        try:
+            credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference)
+        except InsufficientFunds as exc:
+            transaction.set_rollback(True)
+            raise InsufficientCredits(quote.amount, exc.available) from None
+    return job
+
+
+def job_start(*, job_id, worker_id, model_digest: str) -> bool:
+    """Record the worker now running the job (again, after a failover). False if the job ended."""
+    return Job.objects.filter(id=job_id, hold_state=Job.HoldState.HELD).update(
+        status=Job.Status.RUNNING, worker_id=worker_id, model_digest=model_digest,
+        started_at=timezone.now()) == 1
+
+
+def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: str) -> Job:
+    """Count usage, compute the commitment, capture the actual price and release the rest.
+
+    Locks the job row, then the ledger accounts. Settling twice is a no-op that returns the job.
+    """
+    job = Job.objects.select_related("worker").get(id=job_id)
+    entry = CatalogueModel.objects.filter(name=job.public_model).first()
+    completion_tokens, usage_source = count_tokens(output_text, add_bos=False,
+                                                   tokenizer_path=entry.tokenizer_path if entry else "")
+    completion_tokens = min(completion_tokens, job.params["max_tokens"])
+    charge = min(job.hold_amount, job_price(
+        base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=settings.PEER_PRICE_PER_TOKEN,
+        prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
+    inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
+                               params=job.params, prompt=format_chat(job.messages), output=output_text)
+    with transaction.atomic(durable=True):
+        job = Job.objects.select_for_update().select_related("worker").get(id=job_id)
+        if job.hold_state != Job.HoldState.HELD:
+            return job
+        credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
+                                 worker=job.worker, reference=job.reference)
+        job.status, job.hold_state = Job.Status.COMPLETED, Job.HoldState.CAPTURED
+        job.charged_amount, job.completion_tokens = charge, completion_tokens
+        job.output_text, job.finish_reason, job.model_digest = output_text, finish_reason, model_digest
+        job.commitment = {"inputs": inputs, "hash": commitment_hash(inputs), "usage_source": usage_source}
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "hold_state", "charged_amount", "completion_tokens", "output_text",
+                                "finish_reason", "model_digest", "commitment", "finished_at"])
+    return job
+
+
+def job_fail(*, job_id, code: str, message: str) -> Job:
+    """Refund the whole hold and mark the job failed. A no-op on a job already settled."""
+    with transaction.atomic(durable=True):
+        job = Job.objects.select_for_update().get(id=job_id)
+        if job.hold_state != Job.HoldState.HELD:
+            return job
+        credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=0, worker=None,
+                                 reference=job.reference)
+        job.status, job.hold_state, job.charged_amount = Job.Status.FAILED, Job.HoldState.RELEASED, 0
+        job.error_code, job.error_message, job.finished_at = code[:50], message[:500], timezone.now()
+        job.save(update_fields=["status", "hold_state", "charged_amount", "error_code", "error_message",
+                                "finished_at"])
+    return job
+
+
+def jobs_reap_stale() -> int:
+    """Refund every job past its deadline that still holds credits (e.g. its node process died)."""
+    stale = Job.objects.filter(hold_state=Job.HoldState.HELD, deadline_at__lt=timezone.now()).values_list("id", flat=True)
+    count = 0
+    for job_id in list(stale):
+        if job_fail(job_id=job_id, code="timeout", message="The job passed its deadline.").error_code == "timeout":
+            count += 1
+    return count

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views_v1
+
+urlpatterns = [
+    path("models", views_v1.models_list, name="v1-models"),
+    path("chat/completions", views_v1.chat_completions, name="v1-chat-completions"),
+]

@@ -1,0 +1,115 @@
+"""The OpenAI-compatible API: parse, authorize, call services and the relay, render."""
+
+import json
+import logging
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.accounts.selectors import api_key_authenticate, bearer_token
+from apps.credits.x402 import payment_required
+
+from . import presenters
+from .errors import ApiError
+from .relay import JobFailed, JobRelay
+from .requests import parse_chat_request
+from .selectors import catalogue_get, models_listing
+from .services import InsufficientCredits, job_create
+
+logger = logging.getLogger(__name__)
+
+
+async def _authenticate(request):
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if not token:
+        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+    user = await database_sync_to_async(api_key_authenticate)(raw_key=token)
+    if user is None:
+        raise ApiError(401, "Invalid or revoked API key.", code="invalid_api_key")
+    return user
+
+
+def _api_errors(view):
+    async def wrapper(request, *args, **kwargs):
+        try:
+            return await view(request, *args, **kwargs)
+        except ApiError as exc:
+            return exc.response()
+    wrapper.__name__ = view.__name__
+    return csrf_exempt(wrapper)
+
+
+@_api_errors
+async def models_list(request):
+    if request.method != "GET":
+        raise ApiError(405, "Use GET.", code="method_not_allowed")
+    await _authenticate(request)
+    return JsonResponse({"object": "list", "data": await database_sync_to_async(models_listing)()})
+
+
+@_api_errors
+async def chat_completions(request):
+    if request.method != "POST":
+        raise ApiError(405, "Use POST.", code="method_not_allowed")
+    user = await _authenticate(request)
+    chat = parse_chat_request(request.body, default_tier=settings.PEER_DEFAULT_TIER,
+                              default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
+                              max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
+    entry = await database_sync_to_async(catalogue_get)(name=chat.model)
+    if entry is None:
+        raise ApiError(404, f"The model '{chat.model}' does not exist on this network; GET /v1/models "
+                       "lists them.", param="model", code="model_not_found")
+    try:
+        job = await sync_to_async(job_create, thread_sensitive=True)(user=user, chat=chat, entry=entry)
+    except InsufficientCredits as exc:
+        body, headers = payment_required(price_micro=exc.price, available_micro=exc.available,
+                                         resource_url=request.build_absolute_uri())
+        raise ApiError(402, f"Not enough credits: this request is quoted at {body['price_credits']} credits.",
+                       code="insufficient_credits", headers=headers, extra=body) from None
+    relay = JobRelay(job=job, entry=entry)
+    try:
+        await relay.start()
+    except JobFailed as exc:
+        await relay.close()
+        raise ApiError(exc.status, exc.message, code=exc.code) from None
+    if chat.stream:
+        response = StreamingHttpResponse(_stream(relay, include_usage=chat.include_usage),
+                                         content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    try:
+        async for _ in relay.deltas():
+            pass
+    except JobFailed as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code) from None
+    finally:
+        if not relay.settled:  # the client went away while we waited
+            await relay.abort("client closed the connection")
+        await relay.close()
+    return JsonResponse(presenters.chat_completion(relay.job))
+
+
+async def _stream(relay: JobRelay, *, include_usage: bool):
+    job = relay.job
+    try:
+        yield presenters.chunk(job, delta={"role": "assistant", "content": ""})
+        async for text in relay.deltas():
+            yield presenters.chunk(job, delta={"content": text})
+        job = relay.job
+        yield presenters.chunk(job, delta={}, finish=presenters.finish_reason(job),
+                               peer=presenters.peer_object(job))
+        if include_usage:
+            yield presenters.sse({"id": f"chatcmpl-{job.id.hex}", "object": "chat.completion.chunk",
+                                  "created": int(job.created_at.timestamp()), "model": job.public_model,
+                                  "choices": [], "usage": presenters.usage(job)})
+    except JobFailed as exc:
+        yield presenters.sse(json.dumps(ApiError(exc.status, exc.message, code=exc.code).body()))
+    finally:
+        if not relay.settled:
+            await relay.abort("client closed the stream")
+        await relay.close()
+    yield presenters.sse("[DONE]")

@@ -1,0 +1,110 @@
+"""The agent link: one WebSocket per connected worker agent (protocol in worker/protocol.py)."""
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from worker import protocol
+
+from .services import WorkerAuthError, worker_connect, worker_disconnect, worker_release, worker_seen
+
+logger = logging.getLogger(__name__)
+HELLO_TIMEOUT = 10.0
+_CLOSE_CODES = {"bad_token": protocol.CLOSE_BAD_TOKEN, "revoked": protocol.CLOSE_REVOKED}
+
+
+class AgentConsumer(AsyncJsonWebsocketConsumer):
+    """Forwards the worker's job frames to the group `job.<uuid>`; sends node frames to the agent.
+
+    Only frames for jobs assigned on this link are forwarded; anything that breaks the protocol
+    drops the link (and the relay of an affected job fails over or refunds).
+    """
+
+    worker_id = None
+
+    async def connect(self):
+        self.jobs: set[str] = set()
+        await self.accept()
+        self.hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._hello_overdue)
+
+    def _hello_overdue(self):
+        if self.worker_id is None:
+            asyncio.ensure_future(self._drop("hello_timeout", "No hello within the time limit."))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        # The JSON mixin would raise on garbage; here garbage is answered and the link dropped.
+        try:
+            frame = protocol.decode_agent_frame(text_data if text_data is not None else None)
+        except protocol.ProtocolError as exc:
+            await self._drop("protocol_error", str(exc))
+            return
+        if self.worker_id is None:
+            await self._hello(frame)
+        elif frame["type"] == "heartbeat":
+            await database_sync_to_async(worker_seen)(worker_id=self.worker_id)
+            await self.send_json({"type": "heartbeat"})
+        elif frame["type"] == "hello":
+            await self._drop("protocol_error", "hello was already received on this link")
+        else:
+            await self._job_frame(frame)
+
+    async def _hello(self, frame: dict):
+        if frame["type"] != "hello":
+            await self._drop("protocol_error", "the first frame must be hello")
+            return
+        if frame["protocol"] != protocol.PROTOCOL_VERSION:
+            await self._drop("protocol_error", f"protocol {frame['protocol']} is not supported; "
+                             f"this node speaks {protocol.PROTOCOL_VERSION}")
+            return
+        try:
+            worker = await database_sync_to_async(worker_connect)(
+                raw_token=frame["token"], hello=frame, channel_name=self.channel_name)
+        except WorkerAuthError as exc:
+            await self._drop(exc.code, str(exc), close_code=_CLOSE_CODES[exc.code])
+            return
+        self.hello_timer.cancel()
+        self.worker_id = worker.id
+        logger.info("worker %s (%s) online with %s", worker.name, worker.id,
+                    [m["id"] for m in frame["models"]])
+        await self.send_json(protocol.welcome(worker_id=str(worker.id),
+                                              heartbeat_interval=settings.PEER_HEARTBEAT_INTERVAL))
+
+    async def _job_frame(self, frame: dict):
+        job_id = frame["job_id"]
+        if job_id not in self.jobs:
+            return  # a late frame for a job this node already cancelled or never sent
+        await self.channel_layer.group_send(
+            f"job.{job_id}", {"type": "job.frame", "worker_id": str(self.worker_id), "frame": frame})
+        if frame["type"] in ("job.done", "job.error"):
+            self.jobs.discard(job_id)
+            await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=job_id)
+
+    async def agent_send(self, event):
+        """A frame from the node (job.assign, job.cancel) for this agent."""
+        frame = event["frame"]
+        if frame["type"] == "job.assign":
+            self.jobs.add(frame["job_id"])
+        await self.send_json(frame)
+
+    async def _drop(self, code: str, message: str, close_code: int = protocol.CLOSE_PROTOCOL_ERROR):
+        logger.warning("dropping agent link (worker %s): %s: %s", self.worker_id, code, message)
+        try:
+            await self.send_json(protocol.error(code=code, message=message))
+        finally:
+            await self.close(code=close_code)
+
+    async def disconnect(self, code):
+        self.hello_timer.cancel()
+        if self.worker_id is None:
+            return
+        job_id = await database_sync_to_async(worker_disconnect)(worker_id=self.worker_id,
+                                                                 channel_name=self.channel_name)
+        for open_job in self.jobs | ({str(job_id)} if job_id else set()):
+            await self.channel_layer.group_send(f"job.{open_job}", {
+                "type": "job.frame", "worker_id": str(self.worker_id),
+                "frame": {"type": "job.error", "job_id": open_job, "code": "worker_disconnected",
+                          "message": "The worker's link dropped."}})
+        logger.info("worker %s offline", self.worker_id)

@@ -1,0 +1,58 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+TIERS = ("open", "verified", "confidential")
+
+
+class Worker(models.Model):
+    """A machine an operator registered. Its agent connects with the worker token."""
+
+    class Status(models.TextChoices):
+        OFFLINE = "offline"
+        IDLE = "idle"
+        BUSY = "busy"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    operator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="workers")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    token_prefix = models.CharField(max_length=16)
+    tiers = models.JSONField(default=list, help_text="Tiers this worker may serve.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OFFLINE)
+    channel_name = models.CharField(max_length=200, blank=True)
+    current_job_id = models.UUIDField(null=True, blank=True)
+    models_served = models.JSONField(default=list, help_text="From the agent's hello: id, digest, backend.")
+    hardware = models.JSONField(default=dict, blank=True)
+    agent_version = models.CharField(max_length=40, blank=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_job_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class CatalogueModel(models.Model):
+    """A public model name and the served model behind it, so nobody is misled about what ran."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="Public name, e.g. peer-mixtral.")
+    served_model = models.CharField(max_length=200, help_text="Model id an agent reports, e.g. gemma-3-270m-q4_k_m.")
+    digests = models.JSONField(default=list, help_text="Accepted sha256 digests of the weights.")
+    description = models.CharField(max_length=300, blank=True)
+    context_length = models.PositiveIntegerField(default=2048)
+    tokenizer_path = models.CharField(max_length=500, blank=True,
+                                      help_text="A local GGUF with this model's vocabulary, for counting tokens.")
+    active = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} -> {self.served_model}"
+
+    def is_served_by(self, model: dict) -> bool:
+        return model.get("id") == self.served_model and model.get("digest") in self.digests

@@ -1,0 +1,14 @@
+from celery import shared_task
+from django.conf import settings
+
+from apps.marketplace.services import job_fail
+
+from .services import workers_reap_silent
+
+
+@shared_task
+def workers_reap_silent_task():
+    """Offline silent workers and fail (refund) the jobs they held. Safe to run twice."""
+    for job_id in workers_reap_silent(silence_seconds=settings.PEER_WORKER_SILENCE_LIMIT):
+        job_fail(job_id=job_id, code="worker_lost", message="The worker stopped answering.")
+

@@ -1,0 +1,20 @@
+"""HTTP through Django; WebSockets through Channels (the agent link at /ws/agent/)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "peercycles.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)
+from django.urls import path  # noqa: E402
+
+from apps.workers.consumers import AgentConsumer  # noqa: E402
+
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    # Agents authenticate with their worker token in the hello frame, not with cookies,
+    # so the agent route has no session or origin middleware.
+    "websocket": URLRouter([path("ws/agent/", AgentConsumer.as_asgi())]),
+})

@@ -1,0 +1,200 @@
+"""One env-driven settings module with safe development defaults.
+
+With DATABASE_URL / REDIS_URL unset the node runs embedded: a SQLite file, the in-memory
+channel layer and Celery tasks run inside the node. With them set it uses PostgreSQL and Redis.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+DEBUG = env_bool("DEBUG", True)
+ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
+SITE_URL = env_str("SITE_URL", f"http://127.0.0.1:{env_str('PEER_PORT', '8000')}")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "allauth",
+    "allauth.account",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "apps.accounts",
+    "apps.credits",
+    "apps.workers",
+    "apps.marketplace",
+    "apps.staking",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "peercycles.urls"
+ASGI_APPLICATION = "peercycles.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL")
+DATABASES = {
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)
+    if DATABASE_URL
+    else {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "var" / "peercycles.sqlite3",
+          # The relay writes from several threads; wait for the lock instead of failing.
+          "OPTIONS": {"timeout": 20}},
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL")
+# Channel capacity bounds the tokens one job can have in flight before the client reads them.
+CHANNEL_CAPACITY = env_int("PEER_CHANNEL_CAPACITY", 4096)
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": CHANNEL_CAPACITY, "expiry": 120,
+                       "prefix": env_str("PEER_CHANNEL_PREFIX", "peercycles")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
+                    "CONFIG": {"capacity": CHANNEL_CAPACITY, "expiry": 120}}
+    }
+
+# Celery: Redis broker when REDIS_URL is set, otherwise tasks run inside the node process.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_TASK_ACKS_LATE = True
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-jobs": {"task": "apps.marketplace.tasks.jobs_reap_stale_task", "schedule": 30.0},
+    "reap-silent-workers": {"task": "apps.workers.tasks.workers_reap_silent_task", "schedule": 30.0},
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = env_str("ACCOUNT_EMAIL_VERIFICATION", "none")
+LOGIN_REDIRECT_URL = "/account/"
+# Django 6.1 configures mail through MAILERS; the console backend prints mail in development.
+MAILERS = {"default": {"BACKEND": env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# htmx comes from npm at setup (`make setup` runs npm ci); never committed.
+if (BASE_DIR / "node_modules").exists():
+    STATICFILES_DIRS.append(("vendor", BASE_DIR / "node_modules"))
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Peer Cycles node API",
+    "DESCRIPTION": "REST API of a Peer Cycles node. The OpenAI-compatible API lives under /v1.",
+    "VERSION": "0.1.0",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"apps": {"handlers": ["console"], "level": env_str("PEER_LOG_LEVEL", "INFO")}},
+}
+
+# --- Peer Cycles ------------------------------------------------------------------------
+# Prices in micro-USDC (1 credit = $0.01 = 10,000 micro-USDC). A job costs its tier's base
+# price plus a per-token price for prompt and completion tokens.
+PEER_TIER_BASE_PRICE = {
+    "open": env_int("PEER_PRICE_OPEN_BASE", 80_000),
+    "verified": env_int("PEER_PRICE_VERIFIED_BASE", 120_000),
+    "confidential": env_int("PEER_PRICE_CONFIDENTIAL_BASE", 250_000),
+}
+PEER_PRICE_PER_TOKEN = env_int("PEER_PRICE_PER_TOKEN", 100)
+PEER_DEFAULT_TIER = "verified"
+PEER_DEFAULT_MAX_TOKENS = env_int("PEER_DEFAULT_MAX_TOKENS", 256)
+PEER_MAX_TOKENS_LIMIT = env_int("PEER_MAX_TOKENS_LIMIT", 1024)
+# How long a job waits for an idle worker, and how long a running job may take in all.
+PEER_QUEUE_TIMEOUT = env_float("PEER_QUEUE_TIMEOUT", 30.0)
+PEER_JOB_TIMEOUT = env_float("PEER_JOB_TIMEOUT", 300.0)
+# A worker that sends nothing for this long is taken offline.
+PEER_HEARTBEAT_INTERVAL = env_float("PEER_HEARTBEAT_INTERVAL", 10.0)
+PEER_WORKER_SILENCE_LIMIT = env_float("PEER_WORKER_SILENCE_LIMIT", 45.0)
+# The public model catalogue: public name -> model served and its allowed digests. The
+# database holds it (apps.workers.CatalogueModel); this JSON, when set, is loaded by `seed_demo`.
+PEER_CATALOGUE_JSON = env_str("PEER_CATALOGUE_JSON")
+
+# Solana / x402 (the full payment flow comes with the money issue).
+PEER_SOLANA_NETWORK = env_str("PEER_SOLANA_NETWORK", "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1")
+PEER_USDC_MINT = env_str("PEER_USDC_MINT", "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU")
+PEER_PAY_TO = env_str("PEER_PAY_TO", "")
+PEER_X402_TIMEOUT_SECONDS = env_int("PEER_X402_TIMEOUT_SECONDS", 60)
+

@@ -1,0 +1,61 @@
+"""The shared cast and the checks every test gets.
+
+alice buys inference, bob operates workers, carol validates, mallory attacks. Every test that
+touches the database ends by checking the ledger: each transaction sums to zero per asset,
+balances equal their entries, nothing that may not be negative is.
+"""
+
+import pytest
+
+CAST = ("alice", "bob", "carol", "mallory")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _real_services_only(request):
+    from django.conf import settings
+
+    if not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        pytest.exit("The suite runs against PostgreSQL: set DATABASE_URL (make test does).", returncode=3)
+    if not settings.REDIS_URL:
+        pytest.exit("The suite runs against Redis: set REDIS_URL (make test does).", returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _ledger_stays_sound(request):
+    uses_db = request.node.get_closest_marker("django_db") is not None or \
+        {"db", "transactional_db"} & set(request.fixturenames)
+    if uses_db:
+        # Set the database up from here, so that it is torn down after the check below runs.
+        request.getfixturevalue("_django_db_helper")
+    yield
+    if uses_db:
+        from apps.credits.selectors import ledger_invariant_violations
+
+        assert ledger_invariant_violations() == []
+
+
+def _user(username):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username=username, email=f"{username}@example.com",
+                                                password="correct horse battery staple")
+
+
+@pytest.fixture
+def alice(db):
+    return _user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return _user("bob")
+
+
+@pytest.fixture
+def carol(db):
+    return _user("carol")
+
+
+@pytest.fixture
+def mallory(db):
+    return _user("mallory")

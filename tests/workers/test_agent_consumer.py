@@ -1,0 +1,155 @@
+"""The node's side of the agent link, over the real channel layer (Redis) and PostgreSQL."""
+
+import json
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from apps.workers.consumers import AgentConsumer
+from apps.workers.models import Worker
+from apps.workers.services import worker_register, worker_revoke
+from worker import protocol
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MODEL = {"id": "gemma-3-270m-q4_k_m", "digest": "sha256:" + "ab" * 32, "backend": "builtin"}
+
+
+def _hello(token, **overrides):
+    frame = protocol.hello(token=token, agent_version="test", models=[MODEL], backends=["builtin"],
+                           hardware={"threads": 1})
+    frame.update(overrides)
+    return frame
+
+
+@pytest.fixture
+def registered(bob):
+    return worker_register(operator=bob, name="bob-cpu", tiers=["open", "verified"])
+
+
+async def _connect():
+    communicator = WebsocketCommunicator(AgentConsumer.as_asgi(), "/ws/agent/")
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def _online(token):
+    communicator = await _connect()
+    await communicator.send_json_to(_hello(token))
+    welcome = await communicator.receive_json_from(timeout=5)
+    assert welcome["type"] == "welcome"
+    return communicator, welcome
+
+
+async def _expect_drop(communicator, code, close_code):
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame == {"type": "error", "code": code, "message": frame["message"]}
+    assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": close_code}
+
+
+async def test_a_good_hello_brings_the_worker_online_with_its_models(registered):
+    worker, token = registered
+    communicator, welcome = await _online(token)
+    assert welcome["worker_id"] == str(worker.id) and welcome["protocol"] == protocol.PROTOCOL_VERSION
+    refreshed = await Worker.objects.aget(id=worker.id)
+    assert refreshed.status == Worker.Status.IDLE and refreshed.models_served == [MODEL]
+    await communicator.disconnect()
+    assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.OFFLINE
+
+
+async def test_an_unknown_token_is_refused_and_the_link_closed(registered):
+    communicator = await _connect()
+    await communicator.send_json_to(_hello("pcw_not-a-token"))
+    await _expect_drop(communicator, "bad_token", protocol.CLOSE_BAD_TOKEN)
+
+
+async def test_a_revoked_worker_is_refused(registered):
+    worker, token = registered
+    await database_sync_to_async(worker_revoke)(worker_id=worker.id)
+    communicator = await _connect()
+    await communicator.send_json_to(_hello(token))
+    await _expect_drop(communicator, "revoked", protocol.CLOSE_REVOKED)
+
+
+@pytest.mark.parametrize("garbage", ["not json {", "[1, 2]", json.dumps({"type": "launch.missiles"}),
+                                     json.dumps({"type": "hello", "protocol": "1"})])
+async def test_garbage_frames_drop_the_agent(registered, garbage):
+    communicator = await _connect()
+    await communicator.send_to(text_data=garbage)
+    await _expect_drop(communicator, "protocol_error", protocol.CLOSE_PROTOCOL_ERROR)
+
+
+async def test_the_first_frame_must_be_hello(registered):
+    communicator = await _connect()
+    await communicator.send_json_to({"type": "heartbeat"})
+    await _expect_drop(communicator, "protocol_error", protocol.CLOSE_PROTOCOL_ERROR)
+
+
+async def test_a_hello_with_an_unsupported_protocol_is_refused(registered):
+    _, token = registered
+    communicator = await _connect()
+    await communicator.send_json_to(_hello(token, protocol=99))
+    await _expect_drop(communicator, "protocol_error", protocol.CLOSE_PROTOCOL_ERROR)
+
+
+async def _listen_to_job(job_id):
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(f"job.{job_id}", channel)
+    return layer, channel
+
+
+async def _assign(layer, worker_id, job_id):
+    worker = await Worker.objects.aget(id=worker_id)
+    await layer.send(worker.channel_name, {"type": "agent.send", "frame": protocol.job_assign(
+        job_id=job_id, model=MODEL["id"], model_digest=MODEL["digest"], messages=[], params={})})
+
+
+async def test_job_frames_reach_the_job_group_and_done_frees_the_worker(registered):
+    worker, token = registered
+    communicator, _ = await _online(token)
+    job_id = str(uuid.uuid4())
+    await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id)
+    layer, channel = await _listen_to_job(job_id)
+    await _assign(layer, worker.id, job_id)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "job.assign"
+    await communicator.send_json_to({"type": "job.delta", "job_id": job_id, "seq": 0, "text": "Hi"})
+    await communicator.send_json_to({"type": "job.done", "job_id": job_id, "finish_reason": "stop",
+                                     "model_digest": MODEL["digest"]})
+    first, second = await layer.receive(channel), await layer.receive(channel)
+    assert first["frame"]["text"] == "Hi" and first["worker_id"] == str(worker.id)
+    assert second["frame"]["type"] == "job.done"
+    refreshed = await Worker.objects.aget(id=worker.id)
+    assert refreshed.status == Worker.Status.IDLE and refreshed.current_job_id is None
+    await communicator.disconnect()
+
+
+async def test_frames_for_a_job_never_assigned_on_this_link_are_ignored(registered):
+    worker, token = registered
+    communicator, _ = await _online(token)
+    job_id = str(uuid.uuid4())
+    layer, channel = await _listen_to_job(job_id)
+    await communicator.send_json_to({"type": "job.delta", "job_id": job_id, "seq": 0, "text": "forged"})
+    await communicator.send_json_to({"type": "heartbeat"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "heartbeat"
+    with pytest.raises(TimeoutError):
+        import asyncio
+        await asyncio.wait_for(layer.receive(channel), timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_a_dropped_link_fails_its_job_and_takes_the_worker_offline(registered):
+    worker, token = registered
+    communicator, _ = await _online(token)
+    job_id = str(uuid.uuid4())
+    await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id)
+    layer, channel = await _listen_to_job(job_id)
+    await _assign(layer, worker.id, job_id)
+    await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+    message = await layer.receive(channel)
+    assert message["frame"]["type"] == "job.error" and message["frame"]["code"] == "worker_disconnected"
+    assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.OFFLINE

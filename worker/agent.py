@@ -1,0 +1,349 @@
+"""The agent: one outbound WebSocket to a node, serving jobs with one backend.
+
+The agent dials out (so a worker behind NAT needs no open port), says `hello`, waits for
+`welcome`, then serves `job.assign` frames one at a time until the link drops, when it
+reconnects with exponential backoff. A node that closes with a token code (bad, revoked,
+replaced) ends the agent: retrying a rejected token would only hammer the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from worker import __version__, protocol
+from worker.backends import Backend, BackendError, Finish
+from worker.prompt import format_chat
+
+log = logging.getLogger("worker.agent")
+
+AGENT_PATH = "/ws/agent/"
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+FATAL_CLOSE_CODES = {
+    protocol.CLOSE_BAD_TOKEN: "the node rejected the worker token",
+    protocol.CLOSE_REVOKED: "this worker's token has been revoked",
+    protocol.CLOSE_REPLACED: "another agent connected with the same token",
+}
+
+
+class FatalError(Exception):
+    """The node refused this agent for good; reconnecting would not help."""
+
+    def __init__(self, message: str, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+def agent_url(server: str) -> str:
+    """http(s)://host[/prefix] or ws(s)://host[/prefix] -> ws(s)://host[/prefix]/ws/agent/."""
+    parts = urlsplit(server.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"server must be an http(s):// or ws(s):// URL, got {server!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith(AGENT_PATH.rstrip("/")):
+        path += AGENT_PATH.rstrip("/")
+    return urlunsplit((scheme, parts.netloc, path + "/", parts.query, ""))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter, so a node restart is not met by a synchronized herd."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return ceiling * rng.uniform(0.5, 1.0)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def hardware_info(threads: int) -> dict[str, Any]:
+    return {"cpu": _cpu_model(), "threads": threads, "cpu_count": os.cpu_count(),
+            "ram_gb": _ram_gb(), "arch": platform.machine(), "os": platform.system()}
+
+
+@dataclass
+class AgentConfig:
+    server: str
+    token: str
+    name: str | None = None
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    welcome_timeout: float = 15.0
+
+
+@dataclass
+class _Job:
+    id: str
+    cancel: threading.Event
+    task: asyncio.Task[None]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, backend: Backend, hardware: dict[str, Any],
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.hardware = hardware
+        self.url = agent_url(config.server)
+        self.worker_id: str | None = None
+        self.heartbeat_interval = DEFAULT_HEARTBEAT_INTERVAL
+        self._rng = rng or random.Random()
+        self._job: _Job | None = None
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled; raises FatalError when the node refuses this agent."""
+        attempt = 0
+        while True:
+            welcomed = False
+            try:
+                welcomed = await self._session()
+                reason = "connection closed by the node"
+            except FatalError:
+                raise
+            except (OSError, ConnectionClosed) as exc:
+                reason = str(exc) or type(exc).__name__
+            except Exception as exc:  # a daemon must outlive one bad connection
+                log.exception("unexpected error in the connection to %s", self.url)
+                reason = f"{type(exc).__name__}: {exc}"
+            attempt = 0 if welcomed else attempt + 1
+            delay = backoff_delay(max(attempt - 1, 0), self.config.backoff_base,
+                                  self.config.backoff_max, self._rng)
+            log.warning("disconnected from %s (%s); reconnecting in %.1fs", self.url, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> bool:
+        """One connection. Returns whether the node welcomed us (resets the backoff)."""
+        welcomed = False
+        try:
+            async with connect(self.url, open_timeout=10, close_timeout=5,
+                               user_agent_header=f"peer-cycles-worker/{__version__}") as ws:
+                await self._handshake(ws)
+                welcomed = True
+                await self._serve(ws)
+                self._raise_if_fatal(ws.close_code, ws.close_reason)
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None:
+                self._raise_if_fatal(exc.rcvd.code, exc.rcvd.reason)
+            raise
+        return welcomed
+
+    @staticmethod
+    def _raise_if_fatal(code: int | None, reason: str | None) -> None:
+        if code in FATAL_CLOSE_CODES:
+            detail = f": {reason}" if reason else ""
+            raise FatalError(f"{FATAL_CLOSE_CODES[code]} (close code {code}{detail})", code)
+
+    def _hello(self) -> dict[str, Any]:
+        model = {"id": self.backend.model_id, "digest": self.backend.digest,
+                 "backend": self.backend.name, "context_length": self.backend.context_length}
+        frame = protocol.hello(token=self.config.token, agent_version=__version__,
+                               models=[model], backends=[self.backend.name],
+                               hardware=self.hardware)
+        # Not a required protocol field: a label for dashboards, defaulting to the host name.
+        frame["name"] = self.config.name or socket.gethostname()
+        return frame
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        await ws.send(protocol.encode(self._hello()))
+        frame = _parse(await asyncio.wait_for(ws.recv(), self.config.welcome_timeout))
+        kind = frame.get("type") if frame else None
+        if kind == "welcome":
+            self.worker_id = str(frame.get("worker_id"))
+            interval = frame.get("heartbeat_interval")
+            valid = isinstance(interval, (int, float)) and not isinstance(interval, bool)
+            self.heartbeat_interval = float(interval) if valid and interval > 0 else DEFAULT_HEARTBEAT_INTERVAL
+            log.info("connected to %s as worker %s (heartbeat every %.0fs)",
+                     self.url, self.worker_id, self.heartbeat_interval)
+            return
+        if kind == "error":
+            log.error("node refused the hello: %s: %s", frame.get("code"), frame.get("message"))
+            # The node closes right after an error; its close code says whether to retry.
+            await asyncio.wait_for(ws.wait_closed(), self.config.welcome_timeout)
+            self._raise_if_fatal(ws.close_code, ws.close_reason or str(frame.get("message") or ""))
+            raise ConnectionError(f"hello refused: {frame.get('code')}")
+        raise ConnectionError(f"expected welcome, got {kind!r}")
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(ws))
+        try:
+            async for raw in ws:
+                frame = _parse(raw)
+                if frame is not None:
+                    await self._dispatch(ws, frame)
+        finally:
+            heartbeat.cancel()
+            await self._abandon_job()
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        frame = protocol.encode({"type": "heartbeat"})
+        try:
+            while True:
+                await asyncio.sleep(self.heartbeat_interval)
+                await ws.send(frame)
+        except ConnectionClosed:
+            return  # the receive loop sees the closure and handles it
+
+    async def _abandon_job(self) -> None:
+        """The link is gone: stop generating (the node has failed the job) and wait for it."""
+        job = self._job
+        if job is None:
+            return
+        job.cancel.set()
+        await asyncio.gather(job.task, return_exceptions=True)
+
+    # -- frames from the node ---------------------------------------------------------------
+
+    async def _dispatch(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "job.assign":
+            await self._on_assign(ws, frame)
+        elif kind == "job.cancel":
+            self._on_cancel(frame)
+        elif kind == "error":
+            log.error("node error: %s: %s", frame.get("code"), frame.get("message"))
+        elif kind != "heartbeat":
+            log.debug("ignoring frame of type %r", kind)
+
+    async def _on_assign(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        job_id = frame.get("job_id")
+        if not isinstance(job_id, str):
+            log.warning("ignoring job.assign without a job_id")
+            return
+        refusal = self._refusal(frame)
+        if refusal is not None:
+            code, message = refusal
+            log.warning("job %s refused: %s", job_id, message)
+            await _send(ws, {"type": "job.error", "job_id": job_id, "code": code, "message": message})
+            return
+        await _send(ws, {"type": "job.accepted", "job_id": job_id})
+        cancel = threading.Event()
+        prompt = format_chat(frame["messages"])
+        task = asyncio.create_task(self._run_job(ws, job_id, prompt, frame.get("params") or {}, cancel))
+        self._job = _Job(job_id, cancel, task)
+
+    def _refusal(self, frame: dict[str, Any]) -> tuple[str, str] | None:
+        if self._job is not None:
+            return "busy", f"worker is running job {self._job.id}"
+        if frame.get("model_digest") != self.backend.digest:
+            return "model_unavailable", f"this worker serves {self.backend.model_id} ({self.backend.digest})"
+        if not isinstance(frame.get("messages"), list):
+            return "invalid_job", "messages must be a list"
+        if not isinstance(frame.get("params") or {}, dict):
+            return "invalid_job", "params must be an object"
+        return None
+
+    def _on_cancel(self, frame: dict[str, Any]) -> None:
+        job = self._job
+        if job is not None and job.id == frame.get("job_id"):
+            log.info("job %s: cancel requested (%s)", job.id, frame.get("reason"))
+            job.cancel.set()
+        else:
+            log.debug("cancel for job %r, which is not running", frame.get("job_id"))
+
+    # -- running a job ----------------------------------------------------------------------
+
+    async def _run_job(self, ws: ClientConnection, job_id: str, prompt: str,
+                       params: dict[str, Any], cancel: threading.Event) -> None:
+        log.info("job %s: started (%d prompt chars, max_tokens=%s)",
+                 job_id, len(prompt), params.get("max_tokens"))
+        started = time.monotonic()
+        try:
+            finish = await self._stream(ws, job_id, prompt, params, cancel)
+        except BackendError as exc:
+            log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
+            await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code, "message": exc.message})
+        except ConnectionClosed:
+            cancel.set()
+            log.warning("job %s: connection lost, generation stopped", job_id)
+        except Exception as exc:
+            log.exception("job %s: backend failure", job_id)
+            await _send(ws, {"type": "job.error", "job_id": job_id, "code": "backend_error",
+                             "message": f"{type(exc).__name__}: {exc}"})
+        else:
+            elapsed = time.monotonic() - started
+            await _send(ws, {"type": "job.done", "job_id": job_id, "finish_reason": finish.reason,
+                             "model_digest": self.backend.digest,
+                             "usage": {"completion_tokens": finish.completion_tokens}})
+            rate = finish.completion_tokens / elapsed if elapsed > 0 else 0.0
+            log.info("job %s: %s, %d tokens in %.2fs (%.1f tok/s)",
+                     job_id, finish.reason, finish.completion_tokens, elapsed, rate)
+        finally:
+            cancel.set()  # whatever happened, the generation thread must not outlive the job
+            if self._job is not None and self._job.id == job_id:
+                self._job = None
+
+    async def _stream(self, ws: ClientConnection, job_id: str, prompt: str,
+                      params: dict[str, Any], cancel: threading.Event) -> Finish:
+        """Run the blocking generator in a thread and relay its pieces as job.delta frames."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def post(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                cancel.set()  # the event loop is gone (shutdown): nobody is listening
+
+        def produce() -> None:
+            try:
+                for piece in self.backend.generate(prompt, params, cancel):
+                    post(piece)
+            except BaseException as exc:  # handed to the event loop, which reports it
+                post(exc)
+
+        threading.Thread(target=produce, name=f"job-{job_id}", daemon=True).start()
+        seq = 0
+        while True:
+            item = await queue.get()
+            if isinstance(item, Finish):
+                return item
+            if isinstance(item, BaseException):
+                raise item
+            await _send(ws, {"type": "job.delta", "job_id": job_id, "seq": seq, "text": item})
+            seq += 1
+
+
+async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
+    await ws.send(protocol.encode(frame))
+
+
+def _parse(raw: str | bytes) -> dict[str, Any] | None:
+    """A node frame, or None (logged) when it is not a JSON object with a type."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("ignoring a frame that is not JSON")
+        return None
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        log.warning("ignoring a frame that is not an object with a type")
+        return None
+    return frame

@@ -1,0 +1,177 @@
+"""Backend "builtin": Gemma 3 270M (Q4_K_M GGUF) on the CPU through llama-cpp-python.
+
+Reproducibility is the point of this backend: the node commits to (model digest, seed, params,
+prompt, output), so the same job must give the same text on any worker. Hence:
+  * every job starts from an empty KV cache (llama-cpp-python would otherwise reuse a cached
+    prompt prefix, and a different evaluation split can change the numerics);
+  * the sampler chain depends only on the protocol's params: top_k, min_p, typical_p and
+    repetition penalties are pinned to their neutral values, not llama-cpp-python's defaults;
+  * the seed is mapped onto llama.cpp's 32-bit seed space explicitly (see `_llama_seed`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from worker.backends import BackendError, Finish, Piece
+from worker.backends.modelfile import ModelFile, resolve_model
+from worker.backends.textstream import StopStream
+from worker.prompt import STOP_SEQUENCES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_LENGTH = 2048
+# llama.cpp treats 0xFFFFFFFF as "pick a random seed"; reducing modulo this keeps it unused.
+_SEED_SPACE = 0xFFFFFFFF
+
+
+def _llama_seed(seed: int) -> int:
+    return seed % _SEED_SPACE
+
+
+def _number(params: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BackendError("invalid_params", f"{name} must be a number in [{low}, {high}]")
+    return float(value)
+
+
+def _max_tokens(params: dict[str, Any]) -> int | None:
+    value = params.get("max_tokens")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BackendError("invalid_params", "max_tokens must be a positive integer")
+    return value
+
+
+def _seed(params: dict[str, Any]) -> int | None:
+    value = params.get("seed")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise BackendError("invalid_params", "seed must be an integer")
+    return value
+
+
+def _stops(params: dict[str, Any]) -> list[str]:
+    value = params.get("stop")
+    if value is None:
+        value = []
+    elif isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise BackendError("invalid_params", "stop must be a string or a list of strings")
+    return [*value, *STOP_SEQUENCES]
+
+
+class BuiltinBackend:
+    name = "builtin"
+
+    def __init__(self, llm: Any, model: ModelFile, *, n_threads: int, load_seconds: float) -> None:
+        import llama_cpp
+
+        self._llm = llm
+        self._llama_cpp = llama_cpp
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._piece_buffer = ctypes.create_string_buffer(64)
+        # One llama context can run one generation at a time.
+        self._lock = threading.Lock()
+        self.model = model
+        self.model_id = model.id
+        self.digest = model.digest
+        self.path = model.path
+        self.context_length = llm.n_ctx()
+        self.n_threads = n_threads
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(cls, model_path: Path | None, *, n_threads: int,
+             n_ctx: int = DEFAULT_CONTEXT_LENGTH) -> BuiltinBackend:
+        from llama_cpp import Llama
+
+        model = resolve_model(model_path)
+        started = time.perf_counter()
+        # Everything that changes how the prompt is split or attention is summed is pinned,
+        # so that a library default changing cannot make two workers disagree.
+        llm = Llama(model_path=str(model.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+                    n_threads=n_threads, n_threads_batch=n_threads, flash_attn=False,
+                    swa_full=True, n_gpu_layers=0, verbose=False)
+        load_seconds = time.perf_counter() - started
+        log.info("loaded %s (%s) from %s in %.2fs, %d threads",
+                 model.id, model.digest, model.path, load_seconds, n_threads)
+        return cls(llm, model, n_threads=n_threads, load_seconds=load_seconds)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def generate(self, prompt: str, params: dict[str, Any],
+                 cancel: threading.Event) -> Iterator[Piece]:
+        # Validate before taking the lock so a bad job fails fast even while busy.
+        temperature = _number(params, "temperature", 1.0, 0.0, 2.0)
+        top_p = _number(params, "top_p", 1.0, 0.0, 1.0)
+        max_tokens, seed, stops = _max_tokens(params), _seed(params), _stops(params)
+        with self._lock:
+            yield from self._generate(prompt, temperature, top_p, max_tokens, seed, stops, cancel)
+
+    def _generate(self, prompt: str, temperature: float, top_p: float, max_tokens: int | None,
+                  seed: int | None, stops: list[str], cancel: threading.Event) -> Iterator[Piece]:
+        llm = self._llm
+        # special=False: control-token text inside user content stays plain text.
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        budget = self.context_length - len(tokens)
+        if budget <= 0:
+            raise BackendError("context_length_exceeded",
+                               f"prompt is {len(tokens)} tokens; context is {self.context_length}")
+        limit = budget if max_tokens is None else min(max_tokens, budget)
+        if cancel.is_set():
+            yield Finish("cancelled", 0)
+            return
+
+        llm.reset()  # empty KV cache: no prefix reuse from the previous job
+        if seed is not None:
+            llm.set_seed(_llama_seed(seed))
+        stream = StopStream(stops)
+        count, reason, stopped = 0, "length", False
+        sampler = llm.generate(tokens, temp=temperature, top_p=top_p, top_k=0, min_p=0.0,
+                               typical_p=1.0, repeat_penalty=1.0, frequency_penalty=0.0,
+                               presence_penalty=0.0, reset=True)
+        try:
+            for token in sampler:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                count += 1
+                step = stream.feed(self._piece(token))
+                if step.text:
+                    yield step.text
+                if step.stopped:
+                    reason, stopped = "stop", True
+                    break
+                if count >= limit:
+                    break
+        finally:
+            sampler.close()
+        # Text held back as a possible stop-sequence start is real output unless a stop matched.
+        if not stopped:
+            tail = stream.flush()
+            if tail:
+                yield tail
+        yield Finish(reason, count)
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes. Unlike Llama.detokenize this grows its buffer for long pieces."""
+        lib, buf = self._llama_cpp, self._piece_buffer
+        n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            self._piece_buffer = buf = ctypes.create_string_buffer(-n)
+            n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]

@@ -1,0 +1,110 @@
+"""The agent <-> node wire protocol: JSON objects over one WebSocket, versioned.
+
+Defined once here; the node's consumer imports it. Every frame is a JSON object with a
+"type". Agent -> node: hello, heartbeat, job.accepted, job.delta, job.done, job.error.
+Node -> agent: welcome, heartbeat, job.assign, job.cancel, error.
+
+A frame that is not valid JSON, not an object, of an unknown type, or missing a required
+field is a protocol error: the node answers with an `error` frame and closes the link.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 256 * 1024
+
+# WebSocket close codes (4000-4999 are for applications).
+CLOSE_BAD_TOKEN = 4001
+CLOSE_PROTOCOL_ERROR = 4002
+CLOSE_REVOKED = 4003
+CLOSE_REPLACED = 4004
+
+FINISH_REASONS = ("stop", "length", "cancelled")
+
+# type -> {field: accepted python types}
+_AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"protocol": (int,), "token": (str,), "agent_version": (str,), "models": (list,)},
+    "heartbeat": {},
+    "job.accepted": {"job_id": (str,)},
+    "job.delta": {"job_id": (str,), "seq": (int,), "text": (str,)},
+    "job.done": {"job_id": (str,), "finish_reason": (str,), "model_digest": (str,)},
+    "job.error": {"job_id": (str,), "code": (str,), "message": (str,)},
+}
+
+_MODEL_FIELDS: dict[str, tuple[type, ...]] = {"id": (str,), "digest": (str,), "backend": (str,)}
+
+
+class ProtocolError(ValueError):
+    """A frame that breaks the protocol; the receiver drops the link."""
+
+
+def _require(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: str) -> None:
+    for name, types in fields.items():
+        value = obj.get(name)
+        # bool is an int in Python; a protocol number or counter is never a bool.
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ProtocolError(f"{where}: field {name!r} is missing or not {types[0].__name__}")
+
+
+def decode_agent_frame(text: str | bytes | None) -> dict[str, Any]:
+    """Parse and validate one frame sent by an agent. Raises ProtocolError."""
+    if text is None:
+        raise ProtocolError("binary frames are not part of the protocol")
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        frame = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("frame is not a JSON object")
+    kind = frame.get("type")
+    if kind not in _AGENT_FRAMES:
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    _require(frame, _AGENT_FRAMES[kind], kind)
+    if kind == "hello":
+        if not frame["models"]:
+            raise ProtocolError("hello: an agent must serve at least one model")
+        for model in frame["models"]:
+            if not isinstance(model, dict):
+                raise ProtocolError("hello: each model is an object")
+            _require(model, _MODEL_FIELDS, "hello.models[]")
+    if kind == "job.done" and frame["finish_reason"] not in FINISH_REASONS:
+        raise ProtocolError(f"job.done: finish_reason must be one of {FINISH_REASONS}")
+    return frame
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def hello(*, token: str, agent_version: str, models: list[dict], backends: list[str],
+          hardware: dict, attestation: dict | None = None) -> dict[str, Any]:
+    return {
+        "type": "hello", "protocol": PROTOCOL_VERSION, "token": token,
+        "agent_version": agent_version, "backends": backends, "models": models,
+        "hardware": hardware, "attestation": attestation,
+    }
+
+
+def welcome(*, worker_id: str, heartbeat_interval: float) -> dict[str, Any]:
+    return {"type": "welcome", "protocol": PROTOCOL_VERSION, "worker_id": worker_id,
+            "heartbeat_interval": heartbeat_interval}
+
+
+def job_assign(*, job_id: str, model: str, model_digest: str, messages: list[dict],
+               params: dict[str, Any]) -> dict[str, Any]:
+    """params: max_tokens, temperature, top_p, seed, stop (list of strings)."""
+    return {"type": "job.assign", "job_id": job_id, "model": model,
+            "model_digest": model_digest, "messages": messages, "params": params}
+
+
+def job_cancel(*, job_id: str, reason: str) -> dict[str, Any]:
+    return {"type": "job.cancel", "job_id": job_id, "reason": reason}
+
+
+def error(*, code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
