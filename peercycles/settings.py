@@ -102,7 +102,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": CHANNEL_CAPACITY, "expiry": 120,
+            # redis-py 8 times a read out after 5 s, exactly channels_redis's 5 s blocking pop:
+            # a longer socket timeout keeps idle consumers from crashing.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": CHANNEL_CAPACITY, "expiry": 120,
                        "prefix": env_str("PEER_CHANNEL_PREFIX", "peercycles")},
         }
     }

@@ -3,7 +3,7 @@
 The paper's shape is `{"scheme": "x402", "price_credits": N}`; the x402 v2 PaymentRequired
 object (x402Version, resource, accepts[] with scheme "exact" on a CAIP-2 Solana network, USDC
 mint, atomic amount, payTo, maxTimeoutSeconds) rides in the same body and, base64-encoded, in the
-PAYMENT-REQUIRED header. Settling a retry's payment comes with the money issue.
+PAYMENT-REQUIRED header (complete there, "error" string included). Settling a retry's payment comes with the money issue.
 """
 
 import base64
@@ -32,7 +32,10 @@ def payment_required(*, price_micro: int, available_micro: int, resource_url: st
                      "mimeType": "application/json"},
         "accepts": [requirement],
     }
+    # The body's "error" stays OpenAI's error object (SDKs read it); x402's own "error" string
+    # travels in the header's complete PaymentRequired object.
     body = {"scheme": "x402", "price_credits": micro_to_credits_ceil(price_micro),
-            "price_micro_usdc": price_micro, "balance_micro_usdc": available_micro, **x402}
+            "price_micro_usdc": price_micro, "balance_micro_usdc": available_micro,
+            **{k: v for k, v in x402.items() if k != "error"}}
     header = base64.b64encode(json.dumps(x402, separators=(",", ":")).encode()).decode()
     return body, {"PAYMENT-REQUIRED": header}

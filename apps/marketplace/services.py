@@ -88,7 +88,7 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
     inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
                                params=job.params, prompt=format_chat(job.messages), output=output_text)
     with transaction.atomic(durable=True):
-        job = Job.objects.select_for_update().select_related("worker").get(id=job_id)
+        job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
         credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,

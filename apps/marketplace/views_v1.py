@@ -38,6 +38,9 @@ def _api_errors(view):
             return await view(request, *args, **kwargs)
         except ApiError as exc:
             return exc.response()
+        except Exception:  # a bug must still answer in OpenAI's shape; the reaper refunds holds
+            logger.exception("unhandled error in %s", view.__name__)
+            return ApiError(500, "The node failed to handle this request.", code="internal_error").response()
     wrapper.__name__ = view.__name__
     return csrf_exempt(wrapper)
 

@@ -1,0 +1,147 @@
+"""A real node (daphne in a subprocess, on the test database and Redis) and agents for it.
+
+`agent_process` is the bundled agent (`python -m worker`) with the real built-in model;
+`ScriptedAgent` is a test double speaking the same wire protocol over a real WebSocket, for
+faults a real agent does not commit on purpose (garbage, dropping mid-stream, refusing).
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+from django.conf import settings
+
+from apps.accounts.services import api_key_issue
+from apps.credits.services import credits_grant
+from apps.marketplace.demo import catalogue_seed_builtin
+from apps.workers.models import Worker
+from apps.workers.services import worker_register
+from worker import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@pytest.fixture(scope="session")
+def node_url(django_db_setup, django_db_blocker):
+    db = settings.DATABASES["default"]
+    port = _free_port()
+    env = dict(os.environ,
+               DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+               PEER_QUEUE_TIMEOUT="4", PEER_JOB_TIMEOUT="60", PEER_LOG_LEVEL="INFO")
+    OUTPUT.mkdir(exist_ok=True)
+    log = open(OUTPUT / "node.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                               "peercycles.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def catalogue(transactional_db):
+    model_id, digest, path = catalogue_seed_builtin()
+    return {"id": model_id, "digest": digest, "path": path}
+
+
+@pytest.fixture
+def alice_key(alice):
+    credits_grant(user=alice, credits=1000)
+    return api_key_issue(user=alice, name="test")[1]
+
+
+@pytest.fixture
+def bob_worker(bob):
+    return worker_register(operator=bob, name="bob-cpu-1", tiers=["open", "verified"])
+
+
+def wait_for_status(worker_id, status, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Worker.objects.filter(id=worker_id, status=status).exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker {worker_id} never became {status}")
+
+
+@pytest.fixture
+def agent_process(node_url, catalogue, bob_worker):
+    """The bundled agent, as an operator would start it, serving the built-in model."""
+    worker, token = bob_worker
+    log = open(OUTPUT / "agent.log", "a")
+    agent = subprocess.Popen([sys.executable, "-m", "worker", "--server", node_url, "--token", token,
+                              "--threads", "2", "--model-path", catalogue["path"]],
+                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_status(worker.id, Worker.Status.IDLE)
+        yield worker
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+        log.close()
+
+
+class ScriptedAgent:
+    """Speaks the agent protocol from a thread; `on_job(ws, frame)` decides what it does."""
+
+    def __init__(self, node_url: str, token: str, model: dict, on_job):
+        self.url = node_url.replace("http://", "ws://") + "/ws/agent/"
+        self.token, self.model, self.on_job = token, model, on_job
+        self.received: list[dict] = []
+        self.closed_with = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    async def _run(self):
+        async with websockets.connect(self.url) as ws:
+            await ws.send(json.dumps(protocol.hello(
+                token=self.token, agent_version="scripted", backends=["builtin"], hardware={},
+                models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "builtin"}])))
+            while not self._stop.is_set():
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
+                except TimeoutError:
+                    continue
+                except websockets.ConnectionClosed as closed:
+                    self.closed_with = closed.rcvd.code if closed.rcvd else None
+                    return
+                self.received.append(frame)
+                if frame["type"] == "job.assign":
+                    if await self.on_job(ws, frame) == "hang up":
+                        return

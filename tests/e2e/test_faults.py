@@ -1,0 +1,208 @@
+"""Bad input and faults: each gets a clear OpenAI-shaped error, never a 5xx crash, and the ledger
+balances afterwards (checked for every test by tests/conftest.py)."""
+
+import asyncio
+import base64
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from apps.accounts.services import api_key_issue, api_key_revoke
+from apps.credits.selectors import balance_get, held_get
+from apps.marketplace.models import Job
+from apps.workers.models import Worker
+from apps.workers.services import worker_register
+
+from .conftest import ScriptedAgent, wait_for_status
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def _client(node_url, key):
+    return openai.OpenAI(base_url=f"{node_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def _post(node_url, key, body, **kwargs):
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{node_url}/v1/chat/completions", headers=headers,
+                      timeout=60, **({"content": body} if isinstance(body, (str, bytes)) else {"json": body}),
+                      **kwargs)
+
+
+def _assert_refunded(user, before):
+    assert balance_get(user=user) == before and held_get(user=user) == 0
+    job = Job.objects.get(user=user)
+    assert (job.status, job.hold_state, job.charged_amount) == ("failed", "released", 0)
+    return job
+
+
+async def _stream_words(ws, frame, words, then=None):
+    await ws.send(json.dumps({"type": "job.accepted", "job_id": frame["job_id"]}))
+    for seq, word in enumerate(words):
+        await ws.send(json.dumps({"type": "job.delta", "job_id": frame["job_id"], "seq": seq, "text": word}))
+        await asyncio.sleep(0.05)
+    if then is not None:
+        return await then(ws, frame)
+    await ws.send(json.dumps({"type": "job.done", "job_id": frame["job_id"], "finish_reason": "stop",
+                              "model_digest": frame["model_digest"]}))
+
+
+@pytest.mark.parametrize("body, param", [
+    ("{not json", None), ('{"model": "gemma-3-270m"}', "messages"),
+    ('{"model": "gemma-3-270m", "messages": []}', "messages"),
+    ('{"model": "gemma-3-270m", "messages": [{"role": "user", "content": "x"}], "peer_tier": "gold"}', "peer_tier"),
+    ('{"model": "gemma-3-270m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens"),
+    ('{"model": "gemma-3-270m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 999999}', "max_tokens"),
+])
+def test_bad_requests_get_a_400_in_openais_error_shape_and_nothing_is_held(node_url, catalogue, alice, alice_key,
+                                                                             body, param):
+    before = balance_get(user=alice)
+    response = _post(node_url, alice_key, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["param"] == param
+    assert balance_get(user=alice) == before and not Job.objects.exists()
+
+
+def test_an_unknown_model_is_a_404(node_url, catalogue, alice_key):
+    with pytest.raises(openai.NotFoundError) as caught:
+        _client(node_url, alice_key).chat.completions.create(model="gpt-9", messages=HELLO)
+    assert caught.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("key", ["", "pc_unknown", "not even a key"])
+def test_a_bad_key_is_a_401(node_url, catalogue, key):
+    response = _post(node_url, key, {"model": "gemma-3-270m", "messages": HELLO})
+    assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+
+
+def test_a_revoked_key_is_a_401(node_url, catalogue, alice):
+    api_key, raw = api_key_issue(user=alice)
+    api_key_revoke(user=alice, key_id=api_key.id)
+    with pytest.raises(openai.AuthenticationError):
+        _client(node_url, raw).models.list()
+
+
+def test_out_of_credits_answers_402_with_the_x402_body_and_header(node_url, catalogue, bob):
+    _, key = api_key_issue(user=bob)
+    response = _post(node_url, key, {"model": "peer-mixtral", "messages": HELLO, "peer_tier": "verified"})
+    assert response.status_code == 402
+    body = response.json()
+    assert body["scheme"] == "x402" and body["price_credits"] > 0 and body["error"]["code"] == "insufficient_credits"
+    assert body["x402Version"] == 2 and body["accepts"][0]["scheme"] == "exact"
+    assert int(body["accepts"][0]["amount"]) == body["price_micro_usdc"]
+    header = json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"]))
+    assert header["accepts"] == body["accepts"] and not Job.objects.exists()
+
+
+def test_a_tier_nobody_serves_fails_at_once_with_a_503_and_a_full_refund(node_url, catalogue, alice, alice_key):
+    before = balance_get(user=alice)
+    response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO, "peer_tier": "confidential"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "no_workers"
+    _assert_refunded(alice, before)
+
+
+def test_when_every_worker_is_offline_the_job_waits_its_bounded_time_then_refunds(
+        node_url, catalogue, alice, alice_key, bob_worker):
+    before, started = balance_get(user=alice), time.monotonic()
+    response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker_available"
+    assert time.monotonic() - started >= 3.5  # PEER_QUEUE_TIMEOUT is 4s in the test node
+    _assert_refunded(alice, before)
+
+
+def test_an_agent_that_drops_mid_stream_ends_the_stream_with_an_error_and_a_full_refund(
+        node_url, catalogue, alice, alice_key, bob_worker):
+    async def drop(ws, frame):
+        return "hang up"
+
+    async def on_job(ws, frame):
+        return await _stream_words(ws, frame, ["Once", " upon"], then=drop)
+
+    before = balance_get(user=alice)
+    with ScriptedAgent(node_url, bob_worker[1], catalogue, on_job):
+        wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
+        stream = _client(node_url, alice_key).chat.completions.create(model="gemma-3-270m", messages=HELLO,
+                                                                       stream=True)
+        received = []
+        with pytest.raises(openai.APIError, match="refunded"):
+            for chunk in stream:
+                received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "Once upon"
+    _assert_refunded(alice, before)
+
+
+def test_an_agent_sending_garbage_is_dropped_and_the_job_refunded(node_url, catalogue, alice, alice_key, bob_worker):
+    async def garbage(ws, frame):
+        await ws.send("this is not a frame")
+        await asyncio.sleep(1)
+
+    async def on_job(ws, frame):
+        return await _stream_words(ws, frame, ["Hi"], then=garbage)
+
+    before = balance_get(user=alice)
+    with ScriptedAgent(node_url, bob_worker[1], catalogue, on_job) as agent:
+        wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
+        response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO})
+        assert response.status_code == 502 and response.json()["error"]["code"] == "worker_failed"
+        deadline = time.monotonic() + 10
+        while agent.closed_with is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert agent.received[-1]["type"] == "error" and agent.closed_with == 4002
+    _assert_refunded(alice, before)
+    assert Worker.objects.get(id=bob_worker[0].id).status == Worker.Status.OFFLINE
+
+
+def test_a_worker_failing_before_its_first_token_is_replaced_transparently(
+        node_url, catalogue, alice, alice_key, bob, bob_worker):
+    async def refuse(ws, frame):
+        await ws.send(json.dumps({"type": "job.error", "job_id": frame["job_id"], "code": "oom",
+                                  "message": "out of memory"}))
+
+    async def serve(ws, frame):
+        await _stream_words(ws, frame, ["Hello", " there"])
+
+    second, second_token = worker_register(operator=bob, name="bob-cpu-2", tiers=["verified"])
+    with ScriptedAgent(node_url, bob_worker[1], catalogue, refuse), \
+            ScriptedAgent(node_url, second_token, catalogue, serve):
+        wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
+        wait_for_status(second.id, Worker.Status.IDLE)
+        # The least recently used worker goes first: make the refusing one that.
+        Worker.objects.filter(id=second.id).update(last_job_at="2000-01-01T00:00:00Z")
+        Worker.objects.filter(id=bob_worker[0].id).update(last_job_at=None)
+        reply = _client(node_url, alice_key).chat.completions.create(model="gemma-3-270m", messages=HELLO)
+    assert reply.choices[0].message.content == "Hello there"
+    job = Job.objects.get(user=alice)
+    assert job.worker_id == second.id and job.status == "completed"
+
+
+def test_a_client_leaving_a_stream_cancels_the_job_on_the_worker(node_url, catalogue, alice, alice_key, bob_worker):
+    async def slow(ws, frame):
+        words = [f" w{i}" for i in range(200)]
+        await ws.send(json.dumps({"type": "job.accepted", "job_id": frame["job_id"]}))
+        for seq, word in enumerate(words):
+            await ws.send(json.dumps({"type": "job.delta", "job_id": frame["job_id"], "seq": seq, "text": word}))
+            await asyncio.sleep(0.05)
+            if any(f["type"] == "job.cancel" for f in agent.received):
+                break
+        await ws.send(json.dumps({"type": "job.done", "job_id": frame["job_id"], "finish_reason": "cancelled",
+                                  "model_digest": frame["model_digest"]}))
+
+    agent = ScriptedAgent(node_url, bob_worker[1], catalogue, slow)
+    with agent:
+        wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
+        with httpx.stream("POST", f"{node_url}/v1/chat/completions", timeout=30,
+                          headers={"authorization": f"Bearer {alice_key}"},
+                          json={"model": "gemma-3-270m", "messages": HELLO, "stream": True}) as response:
+            lines = response.iter_lines()
+            for _ in range(6):
+                next(lines)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not Job.objects.filter(user=alice).exclude(hold_state="held").exists():
+            time.sleep(0.1)
+    job = Job.objects.get(user=alice)
+    assert job.hold_state != "held" and job.charged_amount < job.hold_amount
