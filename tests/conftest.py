@@ -59,3 +59,11 @@ def carol(db):
 @pytest.fixture
 def mallory(db):
     return _user("mallory")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing():
+    """The cast's passwords are hashed with MD5 in tests only: the real hasher costs ~0.5 s a user."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from worker import __version__, protocol
 from worker.backends import Backend, BackendError, Finish
@@ -129,7 +129,7 @@ class Agent:
                 reason = "connection closed by the node"
             except FatalError:
                 raise
-            except (OSError, ConnectionClosed) as exc:
+            except (OSError, WebSocketException) as exc:  # unreachable, refused upgrade, dropped
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a daemon must outlive one bad connection
                 log.exception("unexpected error in the connection to %s", self.url)
@@ -178,10 +178,9 @@ class Agent:
         kind = frame.get("type") if frame else None
         if kind == "welcome":
             self.worker_id = str(frame.get("worker_id"))
-            interval = frame.get("heartbeat_interval")
-            valid = isinstance(interval, (int, float)) and not isinstance(interval, bool)
-            self.heartbeat_interval = float(interval) if valid and interval > 0 else DEFAULT_HEARTBEAT_INTERVAL
-            log.info("connected to %s as worker %s (heartbeat every %.0fs)",
+            self.heartbeat_interval = _positive_number(frame.get("heartbeat_interval"),
+                                                       DEFAULT_HEARTBEAT_INTERVAL)
+            log.info("connected to %s as worker %s (heartbeat every %gs)",
                      self.url, self.worker_id, self.heartbeat_interval)
             return
         if kind == "error":
@@ -238,28 +237,35 @@ class Agent:
         if not isinstance(job_id, str):
             log.warning("ignoring job.assign without a job_id")
             return
-        refusal = self._refusal(frame)
+        refusal, prompt = self._check(frame)
         if refusal is not None:
             code, message = refusal
             log.warning("job %s refused: %s", job_id, message)
-            await _send(ws, {"type": "job.error", "job_id": job_id, "code": code, "message": message})
+            await _send(ws, {"type": "job.error", "job_id": job_id, "code": code,
+                             "message": message})
             return
         await _send(ws, {"type": "job.accepted", "job_id": job_id})
         cancel = threading.Event()
-        prompt = format_chat(frame["messages"])
-        task = asyncio.create_task(self._run_job(ws, job_id, prompt, frame.get("params") or {}, cancel))
+        params = frame.get("params") or {}
+        task = asyncio.create_task(self._run_job(ws, job_id, prompt, params, cancel))
         self._job = _Job(job_id, cancel, task)
 
-    def _refusal(self, frame: dict[str, Any]) -> tuple[str, str] | None:
+    def _check(self, frame: dict[str, Any]) -> tuple[tuple[str, str] | None, str]:
+        """(refusal code and message, or None; the prompt) for a job.assign."""
         if self._job is not None:
-            return "busy", f"worker is running job {self._job.id}"
+            return ("busy", f"worker is running job {self._job.id}"), ""
         if frame.get("model_digest") != self.backend.digest:
-            return "model_unavailable", f"this worker serves {self.backend.model_id} ({self.backend.digest})"
-        if not isinstance(frame.get("messages"), list):
-            return "invalid_job", "messages must be a list"
-        if not isinstance(frame.get("params") or {}, dict):
-            return "invalid_job", "params must be an object"
-        return None
+            served = f"{self.backend.model_id} ({self.backend.digest})"
+            return ("model_unavailable", f"this worker serves {served}"), ""
+        messages, params = frame.get("messages"), frame.get("params")
+        if not isinstance(params, (dict, type(None))):
+            return ("invalid_job", "params must be an object"), ""
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return ("invalid_job", "messages must be a list of objects"), ""
+        try:
+            return None, format_chat(messages)
+        except (TypeError, AttributeError) as exc:
+            return ("invalid_job", f"messages could not be formatted: {exc}"), ""
 
     def _on_cancel(self, frame: dict[str, Any]) -> None:
         job = self._job
@@ -273,6 +279,17 @@ class Agent:
 
     async def _run_job(self, ws: ClientConnection, job_id: str, prompt: str,
                        params: dict[str, Any], cancel: threading.Event) -> None:
+        try:
+            await self._execute(ws, job_id, prompt, params, cancel)
+        except ConnectionClosed:
+            log.warning("job %s: connection lost, generation stopped", job_id)
+        finally:
+            cancel.set()  # whatever happened, the generation thread must not outlive the job
+            if self._job is not None and self._job.id == job_id:
+                self._job = None
+
+    async def _execute(self, ws: ClientConnection, job_id: str, prompt: str,
+                       params: dict[str, Any], cancel: threading.Event) -> None:
         log.info("job %s: started (%d prompt chars, max_tokens=%s)",
                  job_id, len(prompt), params.get("max_tokens"))
         started = time.monotonic()
@@ -280,26 +297,23 @@ class Agent:
             finish = await self._stream(ws, job_id, prompt, params, cancel)
         except BackendError as exc:
             log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
-            await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code, "message": exc.message})
+            await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code,
+                             "message": exc.message})
+            return
         except ConnectionClosed:
-            cancel.set()
-            log.warning("job %s: connection lost, generation stopped", job_id)
+            raise
         except Exception as exc:
             log.exception("job %s: backend failure", job_id)
             await _send(ws, {"type": "job.error", "job_id": job_id, "code": "backend_error",
                              "message": f"{type(exc).__name__}: {exc}"})
-        else:
-            elapsed = time.monotonic() - started
-            await _send(ws, {"type": "job.done", "job_id": job_id, "finish_reason": finish.reason,
-                             "model_digest": self.backend.digest,
-                             "usage": {"completion_tokens": finish.completion_tokens}})
-            rate = finish.completion_tokens / elapsed if elapsed > 0 else 0.0
-            log.info("job %s: %s, %d tokens in %.2fs (%.1f tok/s)",
-                     job_id, finish.reason, finish.completion_tokens, elapsed, rate)
-        finally:
-            cancel.set()  # whatever happened, the generation thread must not outlive the job
-            if self._job is not None and self._job.id == job_id:
-                self._job = None
+            return
+        elapsed = time.monotonic() - started
+        await _send(ws, {"type": "job.done", "job_id": job_id, "finish_reason": finish.reason,
+                         "model_digest": self.backend.digest,
+                         "usage": {"completion_tokens": finish.completion_tokens}})
+        rate = finish.completion_tokens / elapsed if elapsed > 0 else 0.0
+        log.info("job %s: %s, %d tokens in %.2fs (%.1f tok/s)",
+                 job_id, finish.reason, finish.completion_tokens, elapsed, rate)
 
     async def _stream(self, ws: ClientConnection, job_id: str, prompt: str,
                       params: dict[str, Any], cancel: threading.Event) -> Finish:
@@ -334,6 +348,11 @@ class Agent:
 
 async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
     await ws.send(protocol.encode(frame))
+
+
+def _positive_number(value: Any, default: float) -> float:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if valid else default
 
 
 def _parse(raw: str | bytes) -> dict[str, Any] | None:

@@ -91,14 +91,16 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
         totals[leg.account.asset] += leg.amount
     if any(totals.values()):
         raise LedgerError(f"unbalanced transaction: {dict(totals)}")
+    ids = sorted({leg.account.id for leg in legs})
+    locked = {a.id: a for a in LedgerAccount.objects.select_for_update().filter(id__in=ids).order_by("id")}
     if idempotency_key:
+        # Looked up under the account locks: a concurrent duplicate touches the same accounts,
+        # so it waits here and then finds the committed transaction instead of inserting twice.
         earlier = LedgerTransaction.objects.filter(idempotency_key=idempotency_key).first()
         if earlier is not None:
             if not _same_movement(earlier, legs):
                 raise IdempotencyConflict(idempotency_key)
             return earlier
-    ids = sorted({leg.account.id for leg in legs})
-    locked = {a.id: a for a in LedgerAccount.objects.select_for_update().filter(id__in=ids).order_by("id")}
     deltas: dict[int, int] = defaultdict(int)
     for leg in legs:
         deltas[leg.account.id] += leg.amount

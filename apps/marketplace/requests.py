@@ -79,7 +79,7 @@ def parse_chat_request(raw_body: bytes, *, default_tier: str, default_max_tokens
     tier = body.get("peer_tier", default_tier)
     if tier not in TIERS:
         raise _bad(f"'peer_tier' must be one of {', '.join(TIERS)}.", "peer_tier")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1) or isinstance(body.get("n"), bool):
         raise _bad("Only n=1 is supported.", "n")
     limit_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     max_tokens = body.get(limit_name)
@@ -97,7 +97,8 @@ def parse_chat_request(raw_body: bytes, *, default_tier: str, default_max_tokens
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
         raise _bad(f"'stop' must be a string or up to {MAX_STOP} non-empty strings.", "stop")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean.", "stream")
     stream_options = body.get("stream_options") or {}

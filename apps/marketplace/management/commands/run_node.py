@@ -83,6 +83,7 @@ class Command(BaseCommand):
         """Without a broker, run the beat schedule's tasks here, in the node's own process."""
         from peercycles.celery import app
 
+        app.autodiscover_tasks(force=True)  # discovery is lazy; this process never imported them
         while True:
             time.sleep(30)
             for entry in settings.CELERY_BEAT_SCHEDULE.values():
