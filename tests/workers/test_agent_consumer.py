@@ -17,6 +17,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MODEL = {"id": "gemma-3-270m-q4_k_m", "digest": "sha256:" + "ab" * 32, "backend": "builtin"}
 
 
+@pytest.fixture(autouse=True)
+async def _close_consumer_thread_connections():
+    """The consumer's ORM calls run in asgiref's worker thread; close its connection afterwards
+    so the test database can be dropped at the end of the session."""
+    yield
+    from django.db import connections
+
+    await database_sync_to_async(connections.close_all)()
+
+
 def _hello(token, **overrides):
     frame = protocol.hello(token=token, agent_version="test", models=[MODEL], backends=["builtin"],
                            hardware={"threads": 1})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -134,8 +135,8 @@ class BuiltinBackend:
             return
 
         llm.reset()  # empty KV cache: no prefix reuse from the previous job
-        if seed is not None:
-            llm.set_seed(_llama_seed(seed))
+        # Without a seed a job gets a fresh one, not whatever the previous job left behind.
+        llm.set_seed(_llama_seed(seed) if seed is not None else secrets.randbelow(_SEED_SPACE))
         stream = StopStream(stops)
         count, reason, stopped = 0, "length", False
         sampler = llm.generate(tokens, temp=temperature, top_p=top_p, top_k=0, min_p=0.0,
