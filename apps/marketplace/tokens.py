@@ -6,19 +6,30 @@ model the node has no vocabulary for, it estimates one token per 4 UTF-8 bytes (
 and says so in the response's `peer.usage_source`.
 """
 
+import atexit
 import logging
 import threading
-from functools import lru_cache
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
+_vocabularies: dict = {}
 
 
-@lru_cache(maxsize=8)
 def _vocabulary(path: str):
-    from llama_cpp import Llama  # imported lazily: the node starts without loading llama.cpp
+    """Caller holds _lock."""
+    if path not in _vocabularies:
+        from llama_cpp import Llama  # imported lazily: the node starts without loading llama.cpp
 
-    return Llama(model_path=path, vocab_only=True, verbose=False)
+        _vocabularies[path] = Llama(model_path=path, vocab_only=True, verbose=False)
+    return _vocabularies[path]
+
+
+@atexit.register
+def _close_vocabularies():
+    # Closed before interpreter teardown, when llama.cpp's own finaliser can no longer run.
+    for vocab in _vocabularies.values():
+        vocab.close()
+    _vocabularies.clear()
 
 
 def count_tokens(text: str, *, tokenizer_path: str, add_bos: bool) -> tuple[int, str]:
