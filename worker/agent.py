@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from worker import __version__, protocol
 from worker.backends import Backend, BackendError, Finish
-from worker.prompt import format_chat
+from worker.prompt import job_prompt
 
 log = logging.getLogger("worker.agent")
 
@@ -237,7 +237,7 @@ class Agent:
         if not isinstance(job_id, str):
             log.warning("ignoring job.assign without a job_id")
             return
-        refusal, prompt = self._check(frame)
+        refusal, prompt, format_stops = self._check(frame)
         if refusal is not None:
             code, message = refusal
             log.warning("job %s refused: %s", job_id, message)
@@ -247,25 +247,33 @@ class Agent:
         await _send(ws, {"type": "job.accepted", "job_id": job_id})
         cancel = threading.Event()
         params = frame.get("params") or {}
+        if format_stops:
+            user_stops = params.get("stop") or []
+            params = {**params, "stop": [*([user_stops] if isinstance(user_stops, str) else user_stops),
+                                         *format_stops]}
         task = asyncio.create_task(self._run_job(ws, job_id, prompt, params, cancel))
         self._job = _Job(job_id, cancel, task)
 
-    def _check(self, frame: dict[str, Any]) -> tuple[tuple[str, str] | None, str]:
-        """(refusal code and message, or None; the prompt) for a job.assign."""
+    def _check(self, frame: dict[str, Any]) -> tuple[tuple[str, str] | None, str, list[str]]:
+        """(refusal code and message, or None; the prompt; stop sequences its format adds)."""
         if self._job is not None:
-            return ("busy", f"worker is running job {self._job.id}"), ""
+            return ("busy", f"worker is running job {self._job.id}"), "", []
         if frame.get("model_digest") != self.backend.digest:
             served = f"{self.backend.model_id} ({self.backend.digest})"
-            return ("model_unavailable", f"this worker serves {served}"), ""
-        messages, params = frame.get("messages"), frame.get("params")
+            return ("model_unavailable", f"this worker serves {served}"), "", []
+        messages, prompt, params = frame.get("messages"), frame.get("prompt"), frame.get("params")
         if not isinstance(params, (dict, type(None))):
-            return ("invalid_job", "params must be an object"), ""
+            return ("invalid_job", "params must be an object"), "", []
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                return ("invalid_job", "prompt must be a string"), "", []
+            return None, *job_prompt(messages=None, prompt=prompt)
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return ("invalid_job", "messages must be a list of objects"), ""
+            return ("invalid_job", "messages must be a list of objects"), "", []
         try:
-            return None, format_chat(messages)
+            return None, *job_prompt(messages=messages, prompt=None)
         except (TypeError, AttributeError) as exc:
-            return ("invalid_job", f"messages could not be formatted: {exc}"), ""
+            return ("invalid_job", f"messages could not be formatted: {exc}"), "", []
 
     def _on_cancel(self, frame: dict[str, Any]) -> None:
         job = self._job

@@ -30,3 +30,10 @@ def format_chat(messages: list[dict]) -> str:
         lines.append(f"{label}: {message_text(message.get('content')).strip()}\n")
     lines.append("Assistant:")
     return "".join(lines)
+
+
+def job_prompt(*, messages: list[dict] | None, prompt: str | None) -> tuple[str, list[str]]:
+    """(text to run, stop sequences the format adds) for a chat job or a raw completion job."""
+    if prompt is not None:
+        return prompt, []
+    return format_chat(messages or []), list(STOP_SEQUENCES)

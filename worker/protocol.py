@@ -95,11 +95,13 @@ def welcome(*, worker_id: str, heartbeat_interval: float) -> dict[str, Any]:
             "heartbeat_interval": heartbeat_interval}
 
 
-def job_assign(*, job_id: str, model: str, model_digest: str, messages: list[dict],
-               params: dict[str, Any]) -> dict[str, Any]:
-    """params: max_tokens, temperature, top_p, seed, stop (list of strings)."""
-    return {"type": "job.assign", "job_id": job_id, "model": model,
-            "model_digest": model_digest, "messages": messages, "params": params}
+def job_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, Any],
+               messages: list[dict] | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """A chat job carries `messages` (the agent formats them, see worker/prompt.py); a raw
+    completion job carries `prompt`, run as given. params: max_tokens, temperature, top_p,
+    seed, stop (list of strings)."""
+    return {"type": "job.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
+            "messages": messages, "prompt": prompt, "params": params}
 
 
 def job_cancel(*, job_id: str, reason: str) -> dict[str, Any]:

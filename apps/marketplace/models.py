@@ -3,6 +3,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from worker.prompt import job_prompt
+
 
 class Job(models.Model):
     """One inference request: its quote and hold, where it ran, and what it cost.
@@ -29,7 +31,8 @@ class Job(models.Model):
     tier = models.CharField(max_length=20)
     stream = models.BooleanField(default=False)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    messages = models.JSONField()
+    messages = models.JSONField(default=list, blank=True, help_text="chat jobs")
+    raw_prompt = models.TextField(null=True, blank=True, help_text="completion jobs: run as given")
     params = models.JSONField(help_text="max_tokens, temperature, top_p, seed, stop")
     seed = models.BigIntegerField()
     prompt_sha256 = models.CharField(max_length=64)
@@ -55,6 +58,14 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.id} ({self.status})"
+
+    @property
+    def is_chat(self) -> bool:
+        return self.raw_prompt is None
+
+    def prompt_text(self) -> str:
+        """What the worker runs (the commitment hashes exactly this)."""
+        return job_prompt(messages=self.messages, prompt=self.raw_prompt)[0]
 
     @property
     def reference(self) -> str:

@@ -1,7 +1,6 @@
 """OpenAI-shaped response bodies and SSE chunks for a job, with the `peer` extension object."""
 
 import json
-import time
 
 from apps.credits.pricing import micro_to_credits_ceil
 
@@ -35,17 +34,29 @@ def finish_reason(job: Job) -> str:
     return "length" if job.finish_reason == "length" else "stop"
 
 
-def chat_completion(job: Job) -> dict:
-    return {
-        "id": f"chatcmpl-{job.id.hex}",
-        "object": "chat.completion",
-        "created": int(job.created_at.timestamp()),
-        "model": job.public_model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": job.output_text},
-                     "logprobs": None, "finish_reason": finish_reason(job)}],
-        "usage": usage(job),
-        "peer": peer_object(job),
-    }
+def _envelope(job: Job, *, chunk: bool) -> dict:
+    if job.is_chat:
+        return {"id": f"chatcmpl-{job.id.hex}", "object": "chat.completion.chunk" if chunk else "chat.completion",
+                "created": int(job.created_at.timestamp()), "model": job.public_model}
+    return {"id": f"cmpl-{job.id.hex}", "object": "text_completion",
+            "created": int(job.created_at.timestamp()), "model": job.public_model}
+
+
+def _choice(job: Job, *, text: str | None, finish: str | None, chunk: bool) -> dict:
+    if not job.is_chat:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    if chunk:
+        delta = {"content": text} if text is not None else {}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": finish}
+
+
+def completion_body(job: Job) -> dict:
+    """The non-streamed answer: a chat.completion or a text_completion, with usage and `peer`."""
+    return {**_envelope(job, chunk=False),
+            "choices": [_choice(job, text=job.output_text, finish=finish_reason(job), chunk=False)],
+            "usage": usage(job), "peer": peer_object(job)}
 
 
 def sse(data: dict | str) -> bytes:
@@ -53,8 +64,25 @@ def sse(data: dict | str) -> bytes:
     return f"data: {payload}\n\n".encode("utf-8")
 
 
-def chunk(job: Job, *, delta: dict, finish: str | None = None, **extra) -> bytes:
-    return sse({"id": f"chatcmpl-{job.id.hex}", "object": "chat.completion.chunk",
-                "created": int(job.created_at.timestamp() if job.created_at else time.time()),
-                "model": job.public_model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra})
+def opening_chunk(job: Job) -> bytes | None:
+    """Chat streams open with the assistant's role, as OpenAI's do; completions have none."""
+    if not job.is_chat:
+        return None
+    return sse({**_envelope(job, chunk=True),
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}]})
+
+
+def text_chunk(job: Job, text: str) -> bytes:
+    return sse({**_envelope(job, chunk=True), "choices": [_choice(job, text=text, finish=None, chunk=True)]})
+
+
+def closing_chunk(job: Job) -> bytes:
+    """The finish reason, and the `peer` object now that the job is settled."""
+    return sse({**_envelope(job, chunk=True), "choices": [_choice(job, text=None, finish=finish_reason(job),
+                                                                  chunk=True)],
+                "peer": peer_object(job)})
+
+
+def usage_chunk(job: Job) -> bytes:
+    return sse({**_envelope(job, chunk=True), "choices": [], "usage": usage(job)})

@@ -114,7 +114,8 @@ class JobRelay:
                                                     model_digest=model["digest"])
             await self._send_to_worker(protocol.job_assign(
                 job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
-                messages=self.job.messages, params=self.job.params))
+                messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
+                params=self.job.params))
             try:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:

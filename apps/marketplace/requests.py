@@ -1,8 +1,10 @@
-"""Parse and validate an OpenAI chat-completion body into a ChatRequest. Pure, no I/O."""
+"""Parse and validate OpenAI chat-completion and completion bodies into a ChatRequest. Pure, no I/O."""
 
 import json
 import secrets
 from dataclasses import dataclass, field
+
+from worker.prompt import job_prompt
 
 from .errors import ApiError
 
@@ -25,6 +27,11 @@ class ChatRequest:
     seed: int
     stop: list[str] = field(default_factory=list)
     include_usage: bool = False
+    prompt: str | None = None  # set for /v1/completions, which runs a raw prompt
+
+    def prompt_text(self) -> str:
+        """What the worker runs: the raw prompt, or the messages in the chat format."""
+        return job_prompt(messages=self.messages, prompt=self.prompt)[0]
 
     def params(self) -> dict:
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -67,12 +74,39 @@ def _messages(raw) -> list[dict]:
 
 def parse_chat_request(raw_body: bytes, *, default_tier: str, default_max_tokens: int,
                        max_tokens_limit: int) -> ChatRequest:
+    body = _json_object(raw_body)
+    common = _common(body, default_tier, default_max_tokens, max_tokens_limit)
+    return ChatRequest(messages=_messages(body.get("messages")), **common)
+
+
+def parse_completion_request(raw_body: bytes, *, default_tier: str, default_max_tokens: int,
+                             max_tokens_limit: int) -> ChatRequest:
+    """/v1/completions: one prompt string (or a list holding one), run as given."""
+    body = _json_object(raw_body)
+    common = _common(body, default_tier, default_max_tokens, max_tokens_limit)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise _bad("'prompt' must be a non-empty string (one prompt per request).", "prompt",
+                   "missing_required_parameter" if prompt is None else "invalid_value")
+    if body.get("echo") or body.get("best_of") not in (None, 1) or body.get("suffix"):
+        raise _bad("'echo', 'best_of' and 'suffix' are not supported.", "echo")
+    return ChatRequest(messages=[], prompt=prompt, **common)
+
+
+def _json_object(raw_body: bytes) -> dict:
     try:
         body = json.loads(raw_body or b"")
     except (ValueError, UnicodeDecodeError):
         raise _bad("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _common(body: dict, default_tier: str, default_max_tokens: int, max_tokens_limit: int) -> dict:
+    """The fields chat and completion requests share."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required.", "model", "missing_required_parameter")
@@ -102,8 +136,8 @@ def parse_chat_request(raw_body: bytes, *, default_tier: str, default_max_tokens
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean.", "stream")
     stream_options = body.get("stream_options") or {}
-    return ChatRequest(
-        model=model, messages=_messages(body.get("messages")), tier=tier, stream=stream,
+    return dict(
+        model=model, tier=tier, stream=stream,
         max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0), seed=seed, stop=stop,
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),

@@ -13,7 +13,6 @@ from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.models import CatalogueModel
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex
-from worker.prompt import format_chat
 
 from .errors import ApiError
 from .models import Job
@@ -34,7 +33,7 @@ class Quote:
 
 
 def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:
-    prompt_tokens, _ = count_tokens(format_chat(chat.messages), tokenizer_path=entry.tokenizer_path, add_bos=True)
+    prompt_tokens, _ = count_tokens(chat.prompt_text(), tokenizer_path=entry.tokenizer_path, add_bos=True)
     if prompt_tokens + chat.max_tokens > entry.context_length:
         raise ApiError(400, f"This model's context is {entry.context_length} tokens; the messages take "
                        f"{prompt_tokens} and max_tokens asks for {chat.max_tokens}.",
@@ -54,8 +53,8 @@ def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
     with transaction.atomic(durable=True):
         job = Job.objects.create(
             user=user, public_model=entry.name, served_model=entry.served_model, tier=chat.tier,
-            stream=chat.stream, messages=chat.messages, params=chat.params(), seed=chat.seed,
-            prompt_sha256=sha256_hex(format_chat(chat.messages)), prompt_tokens=quote.prompt_tokens,
+            stream=chat.stream, messages=chat.messages, raw_prompt=chat.prompt, params=chat.params(),
+            seed=chat.seed, prompt_sha256=sha256_hex(chat.prompt_text()), prompt_tokens=quote.prompt_tokens,
             hold_amount=quote.amount, deadline_at=timezone.now() + timezone.timedelta(seconds=budget))
         try:
             credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference)
@@ -86,7 +85,7 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
         base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=settings.PEER_PRICE_PER_TOKEN,
         prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
     inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
-                               params=job.params, prompt=format_chat(job.messages), output=output_text)
+                               params=job.params, prompt=job.prompt_text(), output=output_text)
     with transaction.atomic(durable=True):
         job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
         if job.hold_state != Job.HoldState.HELD:

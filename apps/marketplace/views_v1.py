@@ -3,7 +3,6 @@
 import json
 import logging
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
@@ -15,7 +14,7 @@ from apps.credits.x402 import payment_required
 from . import presenters
 from .errors import ApiError
 from .relay import JobFailed, JobRelay
-from .requests import parse_chat_request
+from .requests import parse_chat_request, parse_completion_request
 from .selectors import catalogue_get, models_listing
 from .services import InsufficientCredits, job_create
 
@@ -55,18 +54,26 @@ async def models_list(request):
 
 @_api_errors
 async def chat_completions(request):
+    return await _run_job(request, parse_chat_request)
+
+
+@_api_errors
+async def completions(request):
+    return await _run_job(request, parse_completion_request)
+
+
+async def _run_job(request, parse):
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
     user = await _authenticate(request)
-    chat = parse_chat_request(request.body, default_tier=settings.PEER_DEFAULT_TIER,
-                              default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
-                              max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
+    chat = parse(request.body, default_tier=settings.PEER_DEFAULT_TIER,
+                 default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
     entry = await database_sync_to_async(catalogue_get)(name=chat.model)
     if entry is None:
         raise ApiError(404, f"The model '{chat.model}' does not exist on this network; GET /v1/models "
                        "lists them.", param="model", code="model_not_found")
     try:
-        job = await sync_to_async(job_create, thread_sensitive=True)(user=user, chat=chat, entry=entry)
+        job = await database_sync_to_async(job_create)(user=user, chat=chat, entry=entry)
     except InsufficientCredits as exc:
         body, headers = payment_required(price_micro=exc.price, available_micro=exc.available,
                                          resource_url=request.build_absolute_uri())
@@ -93,22 +100,18 @@ async def chat_completions(request):
         if not relay.settled:  # the client went away while we waited
             await relay.abort("client closed the connection")
         await relay.close()
-    return JsonResponse(presenters.chat_completion(relay.job))
+    return JsonResponse(presenters.completion_body(relay.job))
 
 
 async def _stream(relay: JobRelay, *, include_usage: bool):
-    job = relay.job
     try:
-        yield presenters.chunk(job, delta={"role": "assistant", "content": ""})
+        if opening := presenters.opening_chunk(relay.job):
+            yield opening
         async for text in relay.deltas():
-            yield presenters.chunk(job, delta={"content": text})
-        job = relay.job
-        yield presenters.chunk(job, delta={}, finish=presenters.finish_reason(job),
-                               peer=presenters.peer_object(job))
+            yield presenters.text_chunk(relay.job, text)
+        yield presenters.closing_chunk(relay.job)
         if include_usage:
-            yield presenters.sse({"id": f"chatcmpl-{job.id.hex}", "object": "chat.completion.chunk",
-                                  "created": int(job.created_at.timestamp()), "model": job.public_model,
-                                  "choices": [], "usage": presenters.usage(job)})
+            yield presenters.usage_chunk(relay.job)
     except JobFailed as exc:
         yield presenters.sse(json.dumps(ApiError(exc.status, exc.message, code=exc.code).body()))
     finally:

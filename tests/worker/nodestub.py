@@ -93,11 +93,13 @@ class FakeBackend:
                  error: BaseException | None = None) -> None:
         self.pieces, self.delay, self.error = pieces, delay, error
         self.prompts: list[str] = []
+        self.params: list[dict[str, Any]] = []
         self.cancelled = threading.Event()
 
     def generate(self, prompt: str, params: dict[str, Any],
                  cancel: threading.Event) -> Iterator[Piece]:
         self.prompts.append(prompt)
+        self.params.append(params)
         if self.error is not None:
             raise self.error
         count = 0

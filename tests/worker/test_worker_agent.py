@@ -14,6 +14,7 @@ import worker
 from tests.worker.nodestub import (FakeBackend, NodeStub, assign, frames_until_finished,
                                    receive, refusing_backend, welcome)
 from worker import protocol
+from worker.prompt import STOP_SEQUENCES
 from worker.agent import Agent, AgentConfig, FatalError, agent_url, backoff_delay
 
 HARDWARE = {"cpu": "test cpu", "threads": 2, "ram_gb": 1.0}
@@ -125,6 +126,40 @@ def test_job_is_accepted_then_streamed_in_order_then_done():
         assert done["model_digest"] == backend.digest
         assert done["usage"] == {"completion_tokens": 4}
         assert backend.prompts[0].endswith("User: Say hello.\nAssistant:")
+
+    run(scenario)
+
+
+def test_a_raw_prompt_job_runs_the_prompt_as_given_without_the_chat_stops():
+    backend = FakeBackend(pieces=("4",))
+
+    async def script(ws: ServerConnection) -> list[dict]:
+        await welcome(ws)
+        await ws.send(protocol.encode(protocol.job_assign(
+            job_id="job-raw", model="fake-model", model_digest=backend.digest, prompt="2 + 2 =",
+            params={"max_tokens": 4, "temperature": 0, "stop": ["\n"]})))
+        return await frames_until_finished(ws, "job-raw")
+
+    async def scenario() -> None:
+        frames = await run_one_session(backend, script)
+        assert frames[-1]["type"] == "job.done"
+        assert backend.prompts == ["2 + 2 ="]
+        assert backend.params[0]["stop"] == ["\n"]
+
+    run(scenario)
+
+
+def test_a_chat_job_adds_the_formats_stops_to_the_callers():
+    backend = FakeBackend(pieces=("Hi",))
+
+    async def script(ws: ServerConnection) -> list[dict]:
+        await welcome(ws)
+        await ws.send(assign("job-chat", backend.digest, stop=["END"]))
+        return await frames_until_finished(ws, "job-chat")
+
+    async def scenario() -> None:
+        await run_one_session(backend, script)
+        assert backend.params[0]["stop"] == ["END", *STOP_SEQUENCES]
 
     run(scenario)
 

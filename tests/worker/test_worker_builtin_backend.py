@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from worker.backends import BackendError
-from worker.prompt import format_chat
+from worker.prompt import format_chat, job_prompt
 
 STORY = format_chat([{"role": "user",
                       "content": "Write a long story about a dragon who cooks."}])
@@ -90,10 +90,10 @@ def test_stop_sequence_ends_the_text_just_before_it(backend, generate):
     assert stopped.text == full[: full.index("5.")]
 
 
-def test_stop_sequences_of_the_chat_format_always_apply(backend, generate):
+def test_the_chat_formats_stop_sequences_end_the_assistants_turn(backend, generate):
     # Greedy, this base model answers " Hi!" and then starts inventing "\nUser: ...".
-    hi = format_chat([{"role": "user", "content": "Hi!"}])
-    result = generate(backend, hi, {"max_tokens": 40, "temperature": 0})
+    hi, format_stops = job_prompt(messages=[{"role": "user", "content": "Hi!"}], prompt=None)
+    result = generate(backend, hi, {"max_tokens": 40, "temperature": 0, "stop": format_stops})
     assert result.finish.reason == "stop"
     assert result.text == " Hi!"
 

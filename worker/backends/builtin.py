@@ -22,7 +22,6 @@ from typing import Any, Iterator
 from worker.backends import BackendError, Finish, Piece
 from worker.backends.modelfile import ModelFile, resolve_model
 from worker.backends.textstream import StopStream
-from worker.prompt import STOP_SEQUENCES
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def _stops(params: dict[str, Any]) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise BackendError("invalid_params", "stop must be a string or a list of strings")
-    return [*value, *STOP_SEQUENCES]
+    return value
 
 
 class BuiltinBackend:

@@ -31,13 +31,16 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PEER_PORT", 8000)))
         parser.add_argument("--agents", type=int, default=int(os.environ.get("PEER_DEMO_AGENTS", 2)),
                             help="local worker agents to start (default 2)")
-        parser.add_argument("--agent-threads", type=int, default=1, help="CPU threads per agent")
+        # More llama.cpp threads than cores slows every agent down several times over.
+        parser.add_argument("--agent-threads", type=int, default=0,
+                            help="CPU threads per agent (default: the CPUs shared among the agents)")
 
     def handle(self, *args, port, agents, agent_threads, **options):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 raise CommandError(f"Port {port} is taken; set PEER_PORT to another port.")
         fleet = demo_seed(agents=agents)
+        agent_threads = agent_threads or max(1, (os.cpu_count() or 1) // max(1, agents))
         self.children: list[subprocess.Popen] = []
         python = sys.executable
         self._spawn([python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "peercycles.asgi:application"])
