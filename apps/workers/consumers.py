@@ -60,13 +60,15 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
                              f"this node speaks {protocol.PROTOCOL_VERSION}")
             return
         try:
-            worker = await database_sync_to_async(worker_connect)(
+            worker, replaced = await database_sync_to_async(worker_connect)(
                 raw_token=frame["token"], hello=frame, channel_name=self.channel_name)
         except WorkerAuthError as exc:
             await self._drop(exc.code, str(exc), close_code=_CLOSE_CODES[exc.code])
             return
         self.hello_timer.cancel()
         self.worker_id = worker.id
+        if replaced and replaced != self.channel_name:
+            await self.channel_layer.send(replaced, {"type": "agent.replaced"})
         logger.info("worker %s (%s) online with %s", worker.name, worker.id,
                     [m["id"] for m in frame["models"]])
         await self.send_json(protocol.welcome(worker_id=str(worker.id),
@@ -89,6 +91,13 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             self.jobs.add(frame["job_id"])
         await self.send_json(frame)
 
+    async def agent_replaced(self, event):
+        """Another agent connected with this worker's token: this older link ends."""
+        await self._fail_jobs(self.jobs, "The worker's agent was replaced by a new connection.")
+        self.jobs.clear()
+        await self._drop("replaced", "Another agent connected with this worker's token.",
+                         close_code=protocol.CLOSE_REPLACED)
+
     async def _drop(self, code: str, message: str, close_code: int = protocol.CLOSE_PROTOCOL_ERROR):
         logger.warning("dropping agent link (worker %s): %s: %s", self.worker_id, code, message)
         try:
@@ -102,9 +111,13 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             return
         job_id = await database_sync_to_async(worker_disconnect)(worker_id=self.worker_id,
                                                                  channel_name=self.channel_name)
-        for open_job in self.jobs | ({str(job_id)} if job_id else set()):
+        await self._fail_jobs(self.jobs | ({str(job_id)} if job_id else set()), "The worker's link dropped.")
+        logger.info("worker %s offline", self.worker_id)
+
+    async def _fail_jobs(self, job_ids, message: str):
+        """Tell each job's relay its worker is gone (it fails over or refunds)."""
+        for open_job in job_ids:
             await self.channel_layer.group_send(f"job.{open_job}", {
                 "type": "job.frame", "worker_id": str(self.worker_id),
                 "frame": {"type": "job.error", "job_id": open_job, "code": "worker_disconnected",
-                          "message": "The worker's link dropped."}})
-        logger.info("worker %s offline", self.worker_id)
+                          "message": message}})

@@ -40,8 +40,9 @@ def worker_token_rotate(*, worker_id) -> str:
     return raw_token
 
 
-def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> Worker:
-    """Bring a worker online on this agent link. A newer link replaces an older one."""
+def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[Worker, str]:
+    """Bring a worker online on this agent link; returns it and the channel of the link it
+    replaced ("" if none): a newer link with the same token replaces an older one."""
     worker = Worker.objects.filter(token_hash=worker_token_hash(raw_token)).first()
     if worker is None:
         raise WorkerAuthError("bad_token", "Unknown worker token.")
@@ -49,12 +50,13 @@ def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> Worker:
         raise WorkerAuthError("revoked", "This worker's token was revoked.")
     now = timezone.now()
     with transaction.atomic():
+        previous = Worker.objects.select_for_update().values_list("channel_name", flat=True).get(id=worker.id)
         Worker.objects.filter(id=worker.id).update(
             status=Worker.Status.IDLE, channel_name=channel_name, current_job_id=None,
             models_served=hello["models"], hardware=hello.get("hardware") or {},
             agent_version=hello["agent_version"][:40], connected_at=now, last_seen_at=now)
     worker.refresh_from_db()
-    return worker
+    return worker, previous
 
 
 def worker_disconnect(*, worker_id, channel_name: str):

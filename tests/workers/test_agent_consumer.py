@@ -18,9 +18,13 @@ MODEL = {"id": "gemma-3-270m-q4_k_m", "digest": "sha256:" + "ab" * 32, "backend"
 
 
 @pytest.fixture(autouse=True)
-async def _close_consumer_thread_connections():
-    """The consumer's ORM calls run in asgiref's worker thread; close its connection afterwards
-    so the test database can be dropped at the end of the session."""
+async def _fresh_layer_and_closed_connections():
+    """Each test runs in its own event loop, and a channel layer's locks belong to the loop that
+    made them: every test gets a new layer. The consumer's ORM calls run in asgiref's worker
+    thread; its connection is closed afterwards so the test database can be dropped."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
     yield
     from django.db import connections
 
@@ -162,4 +166,17 @@ async def test_a_dropped_link_fails_its_job_and_takes_the_worker_offline(registe
     await communicator.disconnect()
     message = await layer.receive(channel)
     assert message["frame"]["type"] == "job.error" and message["frame"]["code"] == "worker_disconnected"
+    assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.OFFLINE
+
+
+async def test_a_second_agent_with_the_same_token_replaces_the_first(registered):
+    worker, token = registered
+    first, _ = await _online(token)
+    second, _ = await _online(token)
+    await _expect_drop(first, "replaced", protocol.CLOSE_REPLACED)
+    refreshed = await Worker.objects.aget(id=worker.id)
+    assert refreshed.status == Worker.Status.IDLE
+    await first.disconnect()  # the old link's goodbye must not take the worker offline
+    assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.IDLE
+    await second.disconnect()
     assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.OFFLINE
