@@ -89,7 +89,8 @@ DATABASE_URL = env_str("DATABASE_URL")
 DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)
     if DATABASE_URL
-    else {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "var" / "peercycles.sqlite3",
+    else {"ENGINE": "django.db.backends.sqlite3",
+          "NAME": env_str("PEER_SQLITE_PATH", str(BASE_DIR / "var" / "peercycles.sqlite3")),
           # The relay writes from several threads; wait for the lock instead of failing.
           "OPTIONS": {"timeout": 20}},
 }
