@@ -21,7 +21,13 @@ class AccountKind(models.TextChoices):
     STAKERS_POOL = "stakers_pool", "Stakers' pool"
     TREASURY = "treasury", "Treasury"
     PROMO = "promo", "Treasury promotional grants (issuer)"
-    EXTERNAL = "external", "Outside the ledger (issuer)"
+    EXTERNAL = "external", "USDC outside the ledger, on chain (issuer)"
+    PAYOUT_PENDING = "payout_pending", "Worker payouts sent, awaiting confirmation"
+    PEER_ISSUER = "peer_issuer", "$PEER supply (issuer)"
+    BURNED = "burned", "$PEER burned"
+    STAKED = "staked", "$PEER staked"
+    UNSTAKING = "unstaking", "$PEER in unstaking cooldown"
+    BOND = "bond", "$PEER locked as a worker's bond"
 
 
 class LedgerAccount(models.Model):

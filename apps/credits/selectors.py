@@ -1,6 +1,6 @@
 from django.db.models import Sum
 
-from .models import LedgerAccount, LedgerEntry, LedgerTransaction
+from .models import AccountKind, Asset, LedgerAccount, LedgerEntry, LedgerTransaction
 
 
 def balance_get(*, user) -> int:
@@ -27,7 +27,9 @@ def ledger_invariant_violations() -> list[str]:
     """Every way the ledger could be wrong, as sentences; empty when it is sound.
 
     Checks: each transaction sums to zero per asset; each account's balance equals the sum of
-    its entries; no non-issuer account is negative.
+    its entries; no non-issuer account is negative; each job's hold was placed at most once and
+    settled (captured or released) at most once, never before it was placed, and what the held
+    accounts hold equals the holds not yet settled; $PEER in circulation = minted - burned.
     """
     problems = []
     unbalanced = (LedgerEntry.objects.values("transaction_id", "asset").annotate(total=Sum("amount"))
@@ -39,4 +41,41 @@ def ledger_invariant_violations() -> list[str]:
             problems.append(f"{account.code} balance {account.balance} != entries {sums.get(account.id, 0)}")
         if account.balance < 0 and not account.allow_negative:
             problems.append(f"{account.code} is negative")
+    problems += _hold_violations()
+    problems += _peer_supply_violations()
     return problems
+
+
+def _hold_violations() -> list[str]:
+    problems = []
+    kinds_by_job: dict[str, list[str]] = {}
+    for reference, kind in (LedgerTransaction.objects.filter(reference__startswith="job:")
+                            .order_by("id").values_list("reference", "kind")):
+        kinds_by_job.setdefault(reference, []).append(kind)
+    open_holds = 0
+    for reference, kinds in kinds_by_job.items():
+        holds = kinds.count("hold")
+        settles = kinds.count("capture") + kinds.count("refund")
+        if holds > 1 or settles > 1:
+            problems.append(f"{reference} was held {holds} times and settled {settles} times")
+        elif settles and (not holds or kinds.index("hold") > max(
+                i for i, k in enumerate(kinds) if k in ("capture", "refund"))):
+            problems.append(f"{reference} was settled without a hold before it")
+        elif holds and not settles:
+            open_holds += next(e.amount for e in LedgerEntry.objects.filter(
+                transaction__reference=reference, transaction__kind="hold", amount__gt=0))
+    held = LedgerAccount.objects.filter(kind=AccountKind.HELD).aggregate(total=Sum("balance"))["total"] or 0
+    if held != open_holds:
+        problems.append(f"held accounts hold {held} but open holds total {open_holds}")
+    return problems
+
+
+def _peer_supply_violations() -> list[str]:
+    peer = LedgerAccount.objects.filter(asset=Asset.PEER)
+    minted = -(peer.filter(kind=AccountKind.PEER_ISSUER).aggregate(total=Sum("balance"))["total"] or 0)
+    burned = peer.filter(kind=AccountKind.BURNED).aggregate(total=Sum("balance"))["total"] or 0
+    circulating = (peer.exclude(kind__in=[AccountKind.PEER_ISSUER, AccountKind.BURNED])
+                   .aggregate(total=Sum("balance"))["total"] or 0)
+    if circulating != minted - burned:
+        return [f"$PEER in circulation {circulating} != minted {minted} - burned {burned}"]
+    return []
