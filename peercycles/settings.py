@@ -195,9 +195,24 @@ PEER_WORKER_SILENCE_LIMIT = env_float("PEER_WORKER_SILENCE_LIMIT", 45.0)
 # database holds it (apps.workers.CatalogueModel); this JSON, when set, is loaded by `seed_demo`.
 PEER_CATALOGUE_JSON = env_str("PEER_CATALOGUE_JSON")
 
-# Solana / x402 (the full payment flow comes with the money issue).
+# Solana: the node's USDC deposit address, payouts and x402 settlement.
+PEER_SOLANA_RPC_URL = env_str("PEER_SOLANA_RPC_URL", "http://127.0.0.1:8899")
+# CAIP-2 id of the cluster (devnet by default; mainnet is solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp).
 PEER_SOLANA_NETWORK = env_str("PEER_SOLANA_NETWORK", "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1")
 PEER_USDC_MINT = env_str("PEER_USDC_MINT", "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU")
+# The node's receiving wallet: deposits and x402 payments go to its USDC associated token account.
 PEER_PAY_TO = env_str("PEER_PAY_TO", "")
 PEER_X402_TIMEOUT_SECONDS = env_int("PEER_X402_TIMEOUT_SECONDS", 60)
+# The node's hot wallet (a JSON keypair file, as solana-keygen writes): signs worker payouts
+# and pays fees as the x402 facilitator. Empty: payouts and self-facilitation are off.
+PEER_PAYOUT_KEYPAIR = env_str("PEER_PAYOUT_KEYPAIR", "")
+PEER_X402_FACILITATOR_URL = env_str("PEER_X402_FACILITATOR_URL", "")
+PEER_PAYOUT_THRESHOLD = env_int("PEER_PAYOUT_THRESHOLD", 1_000_000)  # micro-USDC ($1)
+PEER_DEPOSIT_COMMITMENT = env_str("PEER_DEPOSIT_COMMITMENT", "finalized")
 
+# $PEER (9 decimals: 1 PEER = 10**9 base units).
+PEER_INITIAL_SUPPLY = env_int("PEER_INITIAL_SUPPLY", 1_000_000_000 * 10**9)
+PEER_UNSTAKE_COOLDOWN_SECONDS = env_int("PEER_UNSTAKE_COOLDOWN_SECONDS", 7 * 24 * 3600)
+PEER_VERIFIED_BOND = env_int("PEER_VERIFIED_BOND", 1_000 * 10**9)
+PEER_SLASH_CHALLENGER_PERCENT = env_int("PEER_SLASH_CHALLENGER_PERCENT", 50)
+PEER_EPOCH_SECONDS = env_int("PEER_EPOCH_SECONDS", 3600)

@@ -5,7 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 urlpatterns = [
     path("", include("apps.accounts.urls")),
     path("v1/", include("apps.marketplace.urls_v1")),
+    path("", include("apps.credits.urls")),
     path("api/", include("apps.credits.urls_api")),
+    path("api/staking/", include("apps.staking.urls_api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
     path("accounts/", include("allauth.urls")),

@@ -1,0 +1,3 @@
+"""$PEER REST routes, mounted at /api/staking/."""
+
+urlpatterns: list = []
