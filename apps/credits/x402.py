@@ -1,37 +1,75 @@
-"""The 402 answer for a request the caller's credits cannot pay: the paper's body plus x402 v2.
+"""x402 per-request payments: the 402 answer, and settling a retry's PAYMENT-SIGNATURE.
 
-The paper's shape is `{"scheme": "x402", "price_credits": N}`; the x402 v2 PaymentRequired
-object (x402Version, resource, accepts[] with scheme "exact" on a CAIP-2 Solana network, USDC
-mint, atomic amount, payTo, maxTimeoutSeconds) rides in the same body and, base64-encoded, in the
-PAYMENT-REQUIRED header (complete there, "error" string included). Settling a retry's payment comes with the money issue.
+The 402 body is the paper's `{"scheme": "x402", "price_credits": N}` plus the x402 v2
+PaymentRequired object; the complete object, base64-encoded, is the PAYMENT-REQUIRED header.
+
+A retry that carries PAYMENT-SIGNATURE is verified and settled through the official `x402`
+package: by this node as its own facilitator (its hot wallet co-signs as fee payer and submits
+the transfer through Solana RPC), or by the facilitator at PEER_X402_FACILITATOR_URL. The
+settled USDC is credited to the caller's account (external:solana:USDC -> user), once per
+on-chain transaction, and the job is then paid from credits like any other: a job that fails
+is refunded to that account, as credits.
 """
 
 import base64
 import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 
+from .ledger import EXTERNAL_USDC_CODE, Leg, ledger_post, system_account
 from .pricing import micro_to_credits_ceil
+
+logger = logging.getLogger(__name__)
+PAYMENT_HEADER = "PAYMENT-SIGNATURE"
+
+
+class PaymentRejected(Exception):
+    """A payment that cannot be accepted; `reason` is x402's or ours, for the client."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+@dataclass(frozen=True)
+class Settlement:
+    transaction: str
+    payer: str
+    amount: int
+    header: str  # PAYMENT-RESPONSE value
+
+
+def fee_payer_address() -> str:
+    """The address that pays the network fee: our hot wallet, or the remote facilitator's."""
+    if settings.PEER_X402_FACILITATOR_URL:
+        return _remote_fee_payer()
+    keypair = _hot_wallet()
+    return str(keypair.pubkey()) if keypair else ""
+
+
+def payment_requirements(*, price_micro: int):
+    from x402.schemas import PaymentRequirements
+
+    return PaymentRequirements(
+        scheme="exact", network=settings.PEER_SOLANA_NETWORK, asset=settings.PEER_USDC_MINT,
+        amount=str(price_micro), pay_to=settings.PEER_PAY_TO,
+        max_timeout_seconds=settings.PEER_X402_TIMEOUT_SECONDS, extra={"feePayer": fee_payer_address()})
 
 
 def payment_required(*, price_micro: int, available_micro: int, resource_url: str) -> tuple[dict, dict]:
     """(body fields, headers) for a 402. USDC has 6 decimals, so micro-USDC is the atomic unit."""
-    requirement = {
-        "scheme": "exact",
-        "network": settings.PEER_SOLANA_NETWORK,
-        "amount": str(price_micro),
-        "asset": settings.PEER_USDC_MINT,
-        "payTo": settings.PEER_PAY_TO,
-        "maxTimeoutSeconds": settings.PEER_X402_TIMEOUT_SECONDS,
-        "extra": {"feePayer": settings.PEER_PAY_TO},
-    }
-    x402 = {
-        "x402Version": 2,
-        "error": "Payment required",
-        "resource": {"url": resource_url, "description": "Peer Cycles inference job",
-                     "mimeType": "application/json"},
-        "accepts": [requirement],
-    }
+    from x402.schemas import PaymentRequired, ResourceInfo
+
+    required = PaymentRequired(
+        error="Payment required",
+        resource=ResourceInfo(url=resource_url, description="Peer Cycles inference job",
+                              mime_type="application/json"),
+        accepts=[payment_requirements(price_micro=price_micro)])
+    x402 = required.model_dump(by_alias=True, exclude_none=True)
     # The body's "error" stays OpenAI's error object (SDKs read it); x402's own "error" string
     # travels in the header's complete PaymentRequired object.
     body = {"scheme": "x402", "price_credits": micro_to_credits_ceil(price_micro),
@@ -39,3 +77,117 @@ def payment_required(*, price_micro: int, available_micro: int, resource_url: st
             **{k: v for k, v in x402.items() if k != "error"}}
     header = base64.b64encode(json.dumps(x402, separators=(",", ":")).encode()).decode()
     return body, {"PAYMENT-REQUIRED": header}
+
+
+def x402_settle_to_credits(*, user, header_value: str, price_micro: int) -> Settlement:
+    """Verify and settle the payment in PAYMENT-SIGNATURE for exactly `price_micro`, and credit
+    it to `user`. Raises PaymentRejected; never credits a payment that did not settle.
+
+    Slow network calls (verify, settle) run outside any database transaction.
+    """
+    from x402.http.utils import decode_payment_signature_header, encode_payment_response_header
+    from x402.schemas import PaymentPayload
+
+    try:
+        payload = decode_payment_signature_header(header_value)
+    except Exception:  # the header is attacker-controlled: any decode failure is a 400
+        raise PaymentRejected("invalid_payload", f"{PAYMENT_HEADER} is not a base64 x402 payment payload.") from None
+    if not isinstance(payload, PaymentPayload):
+        raise PaymentRejected("unsupported_version", "Only x402 version 2 payments are accepted.")
+    wanted = payment_requirements(price_micro=price_micro)
+    _check_accepted(payload.accepted, wanted)
+    server = _resource_server()
+    verified = server.verify_payment(payload, wanted)
+    if not verified.is_valid:
+        raise PaymentRejected(verified.invalid_reason or "invalid_payment",
+                              verified.invalid_message or "The payment did not verify.")
+    settled = server.settle_payment(payload, wanted)
+    if not settled.success:
+        raise PaymentRejected(settled.error_reason or "settlement_failed",
+                              settled.error_message or "The payment could not be settled.")
+    amount = int(settled.amount or wanted.amount)
+    _credit(user=user, signature=settled.transaction, payer=settled.payer or "", amount=amount)
+    return Settlement(transaction=settled.transaction, payer=settled.payer or "", amount=amount,
+                      header=encode_payment_response_header(settled))
+
+
+def _check_accepted(accepted, wanted) -> None:
+    """The payment must answer exactly what we asked: same scheme, network, asset, payee, amount."""
+    for field in ("scheme", "network", "asset", "pay_to", "amount"):
+        got, expected = str(getattr(accepted, field)), str(getattr(wanted, field))
+        if got != expected:
+            raise PaymentRejected(f"{field}_mismatch", f"The payment's {field} is {got!r}; this request "
+                                  f"needs {expected!r}.")
+
+
+def _credit(*, user, signature: str, payer: str, amount: int) -> None:
+    from apps.credits.models import X402Payment
+    from apps.credits.services import user_account
+
+    external, account = system_account(EXTERNAL_USDC_CODE), user_account(user=user)
+    try:
+        with transaction.atomic(durable=True):
+            txn = ledger_post(kind="x402", idempotency_key=f"x402:{signature}", reference=f"x402:{signature}",
+                              memo=f"x402 payment from {payer}"[:200],
+                              legs=[Leg(external, -amount), Leg(account, amount)])
+            X402Payment.objects.create(signature=signature, user=user, payer=payer, amount=amount,
+                                       ledger_transaction=txn)
+    except IntegrityError:
+        raise PaymentRejected("replayed", "This payment was already used.") from None
+
+
+def _hot_wallet():
+    path = settings.PEER_PAYOUT_KEYPAIR
+    if not path:
+        return None
+    return _load_keypair(path)
+
+
+@lru_cache(maxsize=4)
+def _load_keypair(path: str):
+    from solders.keypair import Keypair
+
+    with open(path) as handle:
+        return Keypair.from_bytes(bytes(json.load(handle)))
+
+
+@lru_cache(maxsize=4)
+def _http_facilitator(url: str):
+    from x402.http import HTTPFacilitatorClientSync
+
+    return HTTPFacilitatorClientSync({"url": url})
+
+
+@lru_cache(maxsize=1)
+def _remote_fee_payer() -> str:
+    for kind in _http_facilitator(settings.PEER_X402_FACILITATOR_URL).get_supported().kinds:
+        if str(kind.network) == settings.PEER_SOLANA_NETWORK and kind.scheme == "exact":
+            return (kind.extra or {}).get("feePayer", "")
+    return ""
+
+
+def _resource_server():
+    return _resource_server_for(settings.PEER_X402_FACILITATOR_URL, settings.PEER_PAYOUT_KEYPAIR,
+                                settings.PEER_SOLANA_RPC_URL, settings.PEER_SOLANA_NETWORK)
+
+
+@lru_cache(maxsize=4)
+def _resource_server_for(facilitator_url: str, keypair_path: str, rpc_url: str, network: str):
+    """A remote facilitator client when a URL is set, else this node as its own facilitator."""
+    from x402 import x402FacilitatorSync, x402ResourceServerSync
+    from x402.mechanisms.svm.exact import ExactSvmServerScheme
+    from x402.mechanisms.svm.exact.register import register_exact_svm_facilitator
+    from x402.mechanisms.svm.signers import FacilitatorKeypairSigner
+
+    if facilitator_url:
+        facilitator = _http_facilitator(facilitator_url)
+    elif keypair_path:
+        signer = FacilitatorKeypairSigner(_load_keypair(keypair_path), rpc_url=rpc_url)
+        facilitator = register_exact_svm_facilitator(x402FacilitatorSync(), signer, [network])
+    else:
+        raise PaymentRejected("facilitator_unavailable", "This node accepts no x402 payments: it has "
+                              "neither a hot wallet (PEER_PAYOUT_KEYPAIR) nor a facilitator URL.")
+    server = x402ResourceServerSync(facilitator)
+    server.register(network, ExactSvmServerScheme(rpc_url=rpc_url))
+    server.initialize()
+    return server

@@ -9,7 +9,8 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.selectors import api_key_authenticate, bearer_token
-from apps.credits.x402 import payment_required
+from apps.credits.pricing import micro_to_credits_ceil
+from apps.credits.x402 import PAYMENT_HEADER, PaymentRejected, payment_required, x402_settle_to_credits
 
 from . import presenters
 from .errors import ApiError
@@ -72,13 +73,7 @@ async def _run_job(request, parse):
     if entry is None:
         raise ApiError(404, f"The model '{chat.model}' does not exist on this network; GET /v1/models "
                        "lists them.", param="model", code="model_not_found")
-    try:
-        job = await database_sync_to_async(job_create)(user=user, chat=chat, entry=entry)
-    except InsufficientCredits as exc:
-        body, headers = payment_required(price_micro=exc.price, available_micro=exc.available,
-                                         resource_url=request.build_absolute_uri())
-        raise ApiError(402, f"Not enough credits: this request is quoted at {body['price_credits']} credits.",
-                       code="insufficient_credits", headers=headers, extra=body) from None
+    job, settlement = await _create_paid_job(request, user=user, chat=chat, entry=entry)
     relay = JobRelay(job=job, entry=entry)
     try:
         await relay.start()
@@ -90,7 +85,7 @@ async def _run_job(request, parse):
                                          content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        return response
+        return _with_settlement(response, settlement)
     try:
         async for _ in relay.deltas():
             pass
@@ -100,7 +95,43 @@ async def _run_job(request, parse):
         if not relay.settled:  # the client went away while we waited
             await relay.abort("client closed the connection")
         await relay.close()
-    return JsonResponse(presenters.completion_body(relay.job))
+    return _with_settlement(JsonResponse(presenters.completion_body(relay.job)), settlement)
+
+
+async def _create_paid_job(request, *, user, chat, entry):
+    """Hold the job's price from credits; when they do not cover it, settle the x402 payment the
+    request carries (crediting the caller) and try once more, or answer 402."""
+    try:
+        return await database_sync_to_async(job_create)(user=user, chat=chat, entry=entry), None
+    except InsufficientCredits as exc:
+        shortfall = exc
+    payment = request.headers.get(PAYMENT_HEADER)
+    if not payment:
+        raise _payment_required(request, shortfall, "insufficient_credits",
+                                f"Not enough credits: this request is quoted at "
+                                f"{micro_to_credits_ceil(shortfall.price)} credits.")
+    try:
+        settlement = await database_sync_to_async(x402_settle_to_credits)(
+            user=user, header_value=payment, price_micro=shortfall.price)
+    except PaymentRejected as rejected:
+        raise _payment_required(request, shortfall, f"payment_{rejected.reason}", rejected.message) from None
+    try:
+        return await database_sync_to_async(job_create)(user=user, chat=chat, entry=entry), settlement
+    except InsufficientCredits as exc:  # spent by a concurrent request meanwhile: the payment stays as credits
+        raise _payment_required(request, exc, "insufficient_credits", "The payment was credited to your "
+                                "account, but a concurrent request spent it; retry.") from None
+
+
+def _payment_required(request, shortfall: InsufficientCredits, code: str, message: str) -> ApiError:
+    body, headers = payment_required(price_micro=shortfall.price, available_micro=shortfall.available,
+                                     resource_url=request.build_absolute_uri())
+    return ApiError(402, message, code=code, headers=headers, extra=body)
+
+
+def _with_settlement(response, settlement):
+    if settlement is not None:
+        response["PAYMENT-RESPONSE"] = settlement.header
+    return response
 
 
 async def _stream(relay: JobRelay, *, include_usage: bool):
