@@ -10,6 +10,9 @@ MICRO_PER_USDC = 1_000_000
 
 WORKER_SHARE_PERCENT = 70
 STAKERS_SHARE_OF_MARGIN_PERCENT = 80
+# A validator re-executing a job earns what the worker earned for the same compute: 70% of
+# that job's price, paid from the treasury's share of the margin (see docs/money.md).
+VALIDATOR_SHARE_PERCENT = WORKER_SHARE_PERCENT
 
 
 @dataclass(frozen=True)
@@ -48,3 +51,10 @@ def credits_to_micro(credits: int) -> int:
 def micro_to_credits_ceil(micro: int) -> int:
     """What the paper calls price_credits: a price in whole credits, rounded up."""
     return -(-micro // MICRO_PER_CREDIT)
+
+
+def validator_pay(job_price: int) -> int:
+    """What one re-execution of a job priced `job_price` pays its validator (floor)."""
+    if job_price < 0:
+        raise ValueError("a price is never negative")
+    return job_price * VALIDATOR_SHARE_PERCENT // 100

@@ -10,7 +10,7 @@ from .ledger import (  # noqa: F401  (re-exported: the ledger's API lives with t
     STAKERS_POOL_CODE, TREASURY_CODE, IdempotencyConflict, InsufficientFunds, Leg, LedgerError,
     account_get_or_create, ledger_post, system_account)
 from .models import AccountKind, LedgerAccount, LedgerTransaction
-from .pricing import credits_to_micro, split_capture
+from .pricing import credits_to_micro, split_capture, validator_pay
 
 
 def user_account(*, user) -> LedgerAccount:
@@ -61,3 +61,16 @@ def credits_settle_in_atomic(*, user, held_amount: int, charge: int, worker, ref
                  Leg(system_account(TREASURY_CODE), split.treasury)]
     return ledger_post(kind="capture" if charge else "refund", reference=reference,
                        idempotency_key=f"{reference}:settle", legs=legs)
+
+
+def validator_pay_for_reexecution(*, validator, job_price: int, reference: str) -> LedgerTransaction:
+    """Pay the validator worker for re-executing a job, from the treasury (the margin's 20%).
+
+    Idempotent per `reference` (e.g. "validation:<job uuid>:<validator uuid>"). Raises
+    InsufficientFunds when the treasury cannot cover it: nothing moves, the caller retries later.
+    """
+    amount = validator_pay(job_price)
+    treasury, earnings = system_account(TREASURY_CODE), worker_account(worker=validator)
+    with transaction.atomic(durable=True):
+        return ledger_post(kind="validator_pay", reference=reference, idempotency_key=f"{reference}:pay",
+                           legs=[Leg(treasury, -amount), Leg(earnings, amount)])
