@@ -30,6 +30,8 @@ class Worker(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_job_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    payout_address = models.CharField(max_length=64, blank=True,
+                                      help_text="Solana wallet that receives this worker's USDC earnings.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -56,3 +58,35 @@ class CatalogueModel(models.Model):
 
     def is_served_by(self, model: dict) -> bool:
         return model.get("id") == self.served_model and model.get("digest") in self.digests
+
+
+class WorkerPayout(models.Model):
+    """One SPL USDC transfer of a worker's earnings, from the node's hot wallet.
+
+    pending -> sent (signature and raw transaction recorded *before* sending, so a crash between
+    send and record can never pay twice) -> paid (finalized on chain) | failed (reversed).
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        PAID = "paid"
+        FAILED = "failed"
+
+    worker = models.ForeignKey(Worker, on_delete=models.PROTECT, related_name="payouts")
+    address = models.CharField(max_length=64)
+    amount = models.BigIntegerField(help_text="micro-USDC")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    signature = models.CharField(max_length=100, blank=True)
+    raw_transaction = models.TextField(blank=True, help_text="base64 of the signed transaction last sent")
+    last_valid_block_height = models.BigIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_until = models.DateTimeField(null=True, blank=True,
+                                         help_text="A task working on this payout holds it until then.")
+    error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state"])]
+        constraints = [models.CheckConstraint(condition=models.Q(amount__gt=0), name="payout_amount_positive")]

@@ -12,3 +12,14 @@ def workers_reap_silent_task():
     for job_id in workers_reap_silent(silence_seconds=settings.PEER_WORKER_SILENCE_LIMIT):
         job_fail(job_id=job_id, code="worker_lost", message="The worker stopped answering.")
 
+
+
+@shared_task
+def payouts_run_task() -> dict:
+    """Open and advance worker payouts. Off (and says so) until the node has a hot wallet."""
+    if not settings.PEER_PAYOUT_KEYPAIR:
+        return {"skipped": "PEER_PAYOUT_KEYPAIR is not set"}
+    from .payouts import payouts_run
+    from .solana_payouts import PayoutChain
+
+    return payouts_run(chain=PayoutChain.from_settings())
