@@ -67,3 +67,16 @@ def _fast_password_hashing():
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def bond(worker, amount=None):
+    """Give the worker's operator $PEER from the treasury and lock it as the worker's bond
+    (the verified tier routes only to bonded workers)."""
+    from django.conf import settings
+
+    from apps.staking.services import bond_lock, peer_grant
+
+    amount = settings.PEER_VERIFIED_BOND if amount is None else amount
+    peer_grant(user=worker.operator, amount=amount)
+    bond_lock(worker=worker, amount=amount)
+    return worker

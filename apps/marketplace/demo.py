@@ -60,6 +60,21 @@ def demo_seed(*, agents: int) -> DemoFleet:
                 worker, token = worker_register(operator=operator, name=name, tiers=["open", "verified"])
             else:
                 token = worker_token_rotate(worker_id=worker.id)
+        _bond_up(worker)
         tokens.append((name, token))
     return DemoFleet(api_key=raw_key, worker_tokens=tokens, model_id=model_id, model_digest=digest)
 
+
+
+def _bond_up(worker) -> None:
+    """Demo workers serve the verified tier, which routes only to bonded workers: top the bond
+    up to the required amount with $PEER granted from the treasury."""
+    from django.conf import settings
+
+    from apps.staking.selectors import worker_bond_get
+    from apps.staking.services import bond_lock, peer_grant
+
+    missing = settings.PEER_VERIFIED_BOND - worker_bond_get(worker=worker)
+    if missing > 0:
+        peer_grant(user=worker.operator, amount=missing)
+        bond_lock(worker=worker, amount=missing)

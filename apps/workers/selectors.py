@@ -11,7 +11,8 @@ def catalogue_list():
 
 def workers_eligible(*, entry: CatalogueModel, tier: str, status: str = Worker.Status.IDLE) -> list[tuple[Worker, dict]]:
     """Connected workers of `status` that may serve `tier` and hold an accepted digest of the
-    model, least recently used first (a first-cut fairness rule; scored routing comes later)."""
+    model (and, for the verified tier, a sufficient bond), least recently used first (a
+    first-cut fairness rule; scored routing comes later)."""
     found = []
     queryset = Worker.objects.filter(status=status, revoked_at__isnull=True).order_by("last_job_at", "created_at")
     for worker in queryset:
@@ -20,6 +21,12 @@ def workers_eligible(*, entry: CatalogueModel, tier: str, status: str = Worker.S
         model = next((m for m in worker.models_served if entry.is_served_by(m)), None)
         if model is not None:
             found.append((worker, model))
+    if tier == "verified" and found:
+        # The verified tier is bonded: a worker without enough locked $PEER is not eligible.
+        from apps.staking.selectors import workers_with_sufficient_bond
+
+        bonded = workers_with_sufficient_bond(worker_ids=[worker.id for worker, _ in found])
+        found = [(worker, model) for worker, model in found if worker.id in bonded]
     return found
 
 

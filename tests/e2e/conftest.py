@@ -24,6 +24,7 @@ from apps.credits.services import credits_grant
 from apps.marketplace.demo import catalogue_seed_builtin
 from apps.workers.models import Worker
 from apps.workers.services import worker_register
+from tests.conftest import bond
 from worker import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,8 @@ def alice_key(alice):
 
 @pytest.fixture
 def bob_worker(bob):
-    return worker_register(operator=bob, name="bob-cpu-1", tiers=["open", "verified"])
+    worker, token = worker_register(operator=bob, name="bob-cpu-1", tiers=["open", "verified"])
+    return bond(worker), token
 
 
 def wait_for_status(worker_id, status, timeout=60.0):

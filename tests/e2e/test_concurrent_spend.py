@@ -17,6 +17,8 @@ from apps.marketplace.services import job_quote
 from apps.workers.models import CatalogueModel, Worker
 from apps.workers.services import worker_register
 
+from tests.conftest import bond
+
 from .conftest import ScriptedAgent, wait_for_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -44,6 +46,8 @@ def test_parallel_requests_run_exactly_as_many_jobs_as_the_credits_cover(node_ur
                                         Leg(user_account(user=carol), K * quote)])
     _, key = api_key_issue(user=carol)
     workers = [worker_register(operator=bob, name=f"w{i}", tiers=["verified"]) for i in range(K)]
+    for worker, _ in workers:
+        bond(worker)
     agents = [ScriptedAgent(node_url, token, catalogue, _answer) for _, token in workers]
     for agent in agents:
         agent.__enter__()

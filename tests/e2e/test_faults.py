@@ -16,6 +16,8 @@ from apps.marketplace.models import Job
 from apps.workers.models import Worker
 from apps.workers.services import worker_register
 
+from tests.conftest import bond
+
 from .conftest import ScriptedAgent, wait_for_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -167,6 +169,7 @@ def test_a_worker_failing_before_its_first_token_is_replaced_transparently(
         await _stream_words(ws, frame, ["Hello", " there"])
 
     second, second_token = worker_register(operator=bob, name="bob-cpu-2", tiers=["verified"])
+    bond(second)
     with ScriptedAgent(node_url, bob_worker[1], catalogue, refuse), \
             ScriptedAgent(node_url, second_token, catalogue, serve):
         wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
