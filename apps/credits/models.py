@@ -73,3 +73,64 @@ class LedgerEntry(models.Model):
     class Meta:
         verbose_name_plural = "ledger entries"
         indexes = [models.Index(fields=["account", "id"])]
+
+
+class DepositReference(models.Model):
+    """One purchase of credits with USDC: the Solana Pay reference key the buyer's transfer carries.
+
+    The key is a fresh random public key (nobody holds its private key). Transfers are found with
+    getSignaturesForAddress(key) and credited to `user`; see docs/payments.md.
+    """
+
+    key = models.CharField(max_length=44, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="deposit_references")
+    micro_usdc = models.BigIntegerField(help_text="What was asked for; what arrives is what is credited.")
+    memo = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(micro_usdc__gt=0),
+                                              name="deposit_reference_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.micro_usdc} micro-USDC)"
+
+
+class DepositStatus(models.TextChoices):
+    CREDITED = "credited", "Credited"
+    REJECTED = "rejected", "Rejected"
+
+
+class Deposit(models.Model):
+    """One transaction signature found under a reference: credited once, or rejected with a reason.
+
+    The unique signature is what makes a deposit count once, whichever scan (or thread) sees it
+    first; the ledger transaction's idempotency key `deposit:<signature>` says the same again.
+    """
+
+    signature = models.CharField(max_length=88, unique=True)
+    reference = models.ForeignKey(DepositReference, on_delete=models.PROTECT, related_name="deposits")
+    status = models.CharField(max_length=10, choices=DepositStatus.choices)
+    micro_usdc = models.BigIntegerField(default=0, help_text="What arrived and was credited; 0 when rejected.")
+    reason = models.CharField(max_length=300, blank=True,
+                              help_text="Why it was rejected, or a note on a credited one (an amount mismatch).")
+    payer = models.CharField(max_length=44, blank=True)
+    memo = models.CharField(max_length=200, blank=True)
+    slot = models.BigIntegerField(null=True, blank=True)
+    ledger_transaction = models.OneToOneField(LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT,
+                                              related_name="deposit")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        # A credited row gets its ledger transaction in the same database transaction that inserts
+        # it (the insert comes first: it is the claim), so only the rejected side is checked here.
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(status=DepositStatus.CREDITED, micro_usdc__gt=0)
+                           | models.Q(status=DepositStatus.REJECTED, micro_usdc=0, ledger_transaction__isnull=True)),
+                name="deposit_credits_something_or_nothing"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.signature[:12]}… {self.status} {self.micro_usdc}"
