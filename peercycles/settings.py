@@ -123,6 +123,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "apps.marketplace.tasks.jobs_reap_stale_task", "schedule": 30.0},
     "reap-silent-workers": {"task": "apps.workers.tasks.workers_reap_silent_task", "schedule": 30.0},
+    "scan-deposits": {"task": "apps.credits.tasks.deposits_scan_task", "schedule": 10.0},
     "run-payouts": {"task": "apps.workers.tasks.payouts_run_task", "schedule": 300.0},
     "close-peer-epoch": {"task": "apps.staking.tasks.epoch_close_task",
                          "schedule": float(env_int("PEER_EPOCH_SECONDS", 3600))},

@@ -134,3 +134,15 @@ class Deposit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.signature[:12]}… {self.status} {self.micro_usdc}"
+
+
+class X402Payment(models.Model):
+    """An x402 payment settled on chain and credited; one row per transaction signature, so a
+    payment can never be credited twice."""
+
+    signature = models.CharField(max_length=100, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="x402_payments")
+    payer = models.CharField(max_length=64, help_text="The paying wallet, as the facilitator reported it.")
+    amount = models.BigIntegerField(help_text="micro-USDC")
+    ledger_transaction = models.OneToOneField(LedgerTransaction, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -29,7 +29,8 @@ def ledger_invariant_violations() -> list[str]:
     Checks: each transaction sums to zero per asset; each account's balance equals the sum of
     its entries; no non-issuer account is negative; each job's hold was placed at most once and
     settled (captured or released) at most once, never before it was placed, and what the held
-    accounts hold equals the holds not yet settled; $PEER in circulation = minted - burned.
+    accounts hold equals the holds not yet settled; $PEER in circulation = minted - burned; each
+    credited deposit is exactly one matching ledger transaction, a rejected one moved nothing.
     """
     problems = []
     unbalanced = (LedgerEntry.objects.values("transaction_id", "asset").annotate(total=Sum("amount"))
@@ -43,6 +44,9 @@ def ledger_invariant_violations() -> list[str]:
             problems.append(f"{account.code} is negative")
     problems += _hold_violations()
     problems += _peer_supply_violations()
+    from .deposits.selectors import deposit_invariant_violations  # deposits import this module
+
+    problems += deposit_invariant_violations()
     return problems
 
 

@@ -88,6 +88,9 @@ def x402_settle_to_credits(*, user, header_value: str, price_micro: int) -> Sett
     from x402.http.utils import decode_payment_signature_header, encode_payment_response_header
     from x402.schemas import PaymentPayload
 
+    if not settings.PEER_X402_FACILITATOR_URL and not settings.PEER_PAYOUT_KEYPAIR:
+        raise PaymentRejected("facilitator_unavailable", "This node accepts no x402 payments: it has neither "
+                              "a hot wallet (PEER_PAYOUT_KEYPAIR) nor a facilitator URL.")
     try:
         payload = decode_payment_signature_header(header_value)
     except Exception:  # the header is attacker-controlled: any decode failure is a 400
@@ -118,6 +121,11 @@ def _check_accepted(accepted, wanted) -> None:
         if got != expected:
             raise PaymentRejected(f"{field}_mismatch", f"The payment's {field} is {got!r}; this request "
                                   f"needs {expected!r}.")
+    # Only our own fee payer may co-sign: anything else would have us sign for a stranger.
+    fee_payer = (accepted.extra or {}).get("feePayer")
+    if fee_payer != wanted.extra["feePayer"]:
+        raise PaymentRejected("fee_payer_mismatch", f"The payment names fee payer {fee_payer!r}; this node's "
+                              f"is {wanted.extra['feePayer']!r}.")
 
 
 def _credit(*, user, signature: str, payer: str, amount: int) -> None:
@@ -181,12 +189,9 @@ def _resource_server_for(facilitator_url: str, keypair_path: str, rpc_url: str, 
 
     if facilitator_url:
         facilitator = _http_facilitator(facilitator_url)
-    elif keypair_path:
+    else:
         signer = FacilitatorKeypairSigner(_load_keypair(keypair_path), rpc_url=rpc_url)
         facilitator = register_exact_svm_facilitator(x402FacilitatorSync(), signer, [network])
-    else:
-        raise PaymentRejected("facilitator_unavailable", "This node accepts no x402 payments: it has "
-                              "neither a hot wallet (PEER_PAYOUT_KEYPAIR) nor a facilitator URL.")
     server = x402ResourceServerSync(facilitator)
     server.register(network, ExactSvmServerScheme(rpc_url=rpc_url))
     server.initialize()

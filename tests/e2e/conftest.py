@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,15 +48,16 @@ def _wait_for_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-@pytest.fixture(scope="session")
-def node_url(django_db_setup, django_db_blocker):
+@contextmanager
+def running_node(log_name: str = "node.log", **extra_env):
+    """daphne serving the node on the test database; yields its base URL."""
     db = settings.DATABASES["default"]
     port = _free_port()
     env = dict(os.environ,
                DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-               PEER_QUEUE_TIMEOUT="4", PEER_JOB_TIMEOUT="60", PEER_LOG_LEVEL="INFO")
+               PEER_QUEUE_TIMEOUT="4", PEER_JOB_TIMEOUT="60", PEER_LOG_LEVEL="INFO", **extra_env)
     OUTPUT.mkdir(exist_ok=True)
-    log = open(OUTPUT / "node.log", "w")
+    log = open(OUTPUT / log_name, "w")
     server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                                "peercycles.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -65,6 +67,12 @@ def node_url(django_db_setup, django_db_blocker):
         server.terminate()
         server.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def node_url(django_db_setup, django_db_blocker):
+    with running_node() as url:
+        yield url
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_the_embedded_node_answers_the_papers_example_with_the_printed_key(tmp_p
             content='{"model": "peer-mixtral", "peer_tier": "verified", '
                     '"messages": [{ "role":"user", "content":"explain attestation" }]}')
         assert response.status_code == 200, response.text
-        assert response.json()["choices"][0]["message"]["content"]
+        assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
         assert "SQLite" in log_path.read_text() and "in-memory channel layer" in log_path.read_text()
     finally:
         node.send_signal(signal.SIGTERM)

@@ -72,7 +72,9 @@ def test_the_papers_example_is_answered_verbatim(node_url, alice_key, agent_proc
                 '"messages": [{ "role":"user", "content":"explain attestation" }]}')
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == "peer-mixtral" and body["choices"][0]["message"]["content"]
+    # No temperature in the paper's request: OpenAI's default of 1 samples, and this small base
+    # model may end its turn at once, so only the shape is certain (greedy text is checked above).
+    assert body["model"] == "peer-mixtral" and isinstance(body["choices"][0]["message"]["content"], str)
     assert body["peer"]["served_model"] == catalogue["id"] and body["peer"]["price_credits"] > 0
 
 
