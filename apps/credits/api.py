@@ -67,6 +67,12 @@ class PaperJSONParser(DecimalJSONParser):
     media_type = "application/x-www-form-urlencoded"
 
 
+class UnlabelledJSONParser(DecimalJSONParser):
+    """A body sent with no content type at all (or any other label) is read as JSON too."""
+
+    media_type = "*/*"
+
+
 def _no_constants(name):
     raise ValueError(f"{name} is not a number")
 
@@ -139,7 +145,7 @@ def _purchase_body(reference, config, status_url: str) -> dict:
 class BuyCreditsView(APIView):
     """POST /credits/buy (and /api/credits/buy): what to pay, to whom, and how."""
 
-    parser_classes = [DecimalJSONParser, PaperJSONParser]
+    parser_classes = [DecimalJSONParser, PaperJSONParser, UnlabelledJSONParser]
     status_route = "credits-deposit"
 
     @extend_schema(request=BuyRequestSerializer, responses={201: PurchaseSerializer})

@@ -150,6 +150,7 @@ def payouts_run(*, chain, threshold: int | None = None) -> dict[str, int]:
             outcome = payout_progress(payout_id=payout_id, chain=chain)
         except Exception as exc:  # one payout's RPC trouble must not stop the others
             logger.exception("payout %s: %s", payout_id, exc)
+            WorkerPayout.objects.filter(id=payout_id).update(error=str(exc)[:300])  # for the treasury console
             outcome = "error"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes

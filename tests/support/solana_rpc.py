@@ -130,6 +130,15 @@ class LocalSolana:
         with self._lock:
             self._held.discard(str(signature))
 
+    def expire_blockhashes(self) -> None:
+        """Let more than the validity window of slots pass: every blockhash handed out so far
+        expires, so a transaction signed with one can never land."""
+        with self._lock:
+            self.slot += RECENT_BLOCKHASHES + 1
+            self.svm.warp_to_slot(self.slot)
+            self.svm.expire_blockhash()
+            self._recent = [str(self.svm.latest_blockhash())]
+
     def fund(self, pubkey: Pubkey, lamports: int = 10**10) -> None:
         with self._lock:
             if isinstance(self.svm.airdrop(pubkey, lamports), FailedTransactionMetadata):

@@ -146,3 +146,24 @@ def test_two_runs_racing_for_one_payout_send_it_once(usdc, chain, earning_worker
     assert payout_claim(payout_id=payout.id)  # another run holds it
     assert payout_progress(payout_id=payout.id, chain=chain) == "claimed elsewhere"
     assert not WorkerPayout.objects.get().signature
+
+
+def test_a_payout_whose_transaction_expired_unsent_is_rebuilt_and_the_old_one_can_never_land(
+        usdc, chain, earning_worker):
+    import base64
+
+    from solders.transaction import Transaction
+
+    payouts_open(threshold=THRESHOLD)
+    payout = WorkerPayout.objects.get()
+    with pytest.raises(ConnectionError):
+        payout_progress(payout_id=payout.id, chain=CrashAfterRecording(chain, reaches_the_chain=False))
+    stale = WorkerPayout.objects.get()
+    usdc.chain.expire_blockhashes()
+    assert payout_progress(payout_id=payout.id, chain=chain) == "sent"
+    fresh = WorkerPayout.objects.get()
+    assert fresh.signature != stale.signature
+    with usdc.rpc() as rpc, pytest.raises(Exception, match="(?i)blockhash"):
+        rpc.send_transaction(Transaction.from_bytes(base64.b64decode(stale.raw_transaction)))
+    assert payout_progress(payout_id=payout.id, chain=chain) == "paid"
+    assert _received(usdc, earning_worker) == 2_100_000
