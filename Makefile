@@ -10,12 +10,14 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3.14 /root/.pyenv/version
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 
-.PHONY: run test setup migrate check-python clean help
+.PHONY: run test setup migrate check-python clean help ledger-check deposits-scan
 
 help:
 	@echo "make run    - install, migrate, seed a demo fleet and serve the node on 127.0.0.1:$(PEER_PORT)"
 	@echo "make test   - install and run the whole test suite against PostgreSQL and Redis"
 	@echo "make setup  - only create .venv and install Python and npm packages"
+	@echo "make ledger-check   - verify every ledger invariant (manage.py ledger_check)"
+	@echo "make deposits-scan  - credit finalized USDC deposits now (manage.py deposits_scan)"
 
 check-python:
 	@if [ -z "$(PYTHON)" ]; then \
@@ -48,6 +50,12 @@ test: setup
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/peercycles} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/7} \
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+ledger-check: migrate
+	$(PY) manage.py ledger_check
+
+deposits-scan: migrate
+	$(PY) manage.py deposits_scan
 
 clean:
 	rm -rf var .pytest_cache
