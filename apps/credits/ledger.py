@@ -12,6 +12,7 @@ from django.db import IntegrityError
 
 from .models import AccountKind, Asset, LedgerAccount, LedgerEntry, LedgerTransaction
 
+MAX_AMOUNT = 2**61
 PROMO_CODE = "system:promo:USDC"
 TREASURY_CODE = "system:treasury:USDC"
 STAKERS_POOL_CODE = "system:stakers_pool:USDC"
@@ -83,6 +84,11 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
     same legs it returns the earlier transaction; for different legs it raises
     IdempotencyConflict. Raises InsufficientFunds when a non-issuer account would go negative.
     """
+    for leg in legs:
+        # bigint holds 2**63; refusing a quarter of that keeps every sum of legs and balances far
+        # from overflow, so an absurd amount is a clear error, never a database crash.
+        if not isinstance(leg.amount, int) or isinstance(leg.amount, bool) or abs(leg.amount) > MAX_AMOUNT:
+            raise LedgerError(f"amount {leg.amount!r} is not an integer within ±{MAX_AMOUNT}")
     totals: dict[str, int] = defaultdict(int)
     for leg in legs:
         totals[leg.account.asset] += leg.amount
