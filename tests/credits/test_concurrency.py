@@ -19,6 +19,7 @@ from apps.credits.services import (
     credits_hold_in_atomic,
     user_account,
 )
+from tests.support.races import run_at_once
 
 THREADS = 8
 
@@ -26,29 +27,6 @@ THREADS = 8
 def _assert_value_is_conserved():
     by_asset = dict(LedgerAccount.objects.values_list("asset").annotate(total=Sum("balance")))
     assert all(total == 0 for total in by_asset.values()), by_asset
-
-
-def _run_at_once(target, count):
-    """Run target(i) in `count` threads released together; return what each returned or raised."""
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(index):
-        try:
-            barrier.wait(timeout=10)
-            results[index] = target(index)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects what each thread got
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
-    return results
 
 
 def _sessions_waiting_on_a_lock() -> int:
@@ -70,7 +48,7 @@ def test_only_one_of_many_simultaneous_holds_gets_credits_meant_for_one(alice):
             observed_balances.append(LedgerAccount.objects.get(code=f"user:{alice.pk}:USDC").balance)
             return txn
 
-    results = _run_at_once(hold, THREADS)
+    results = run_at_once(hold, THREADS)
 
     won = [r for r in results if isinstance(r, LedgerTransaction)]
     refused = [r for r in results if isinstance(r, InsufficientFunds)]
@@ -93,7 +71,7 @@ def test_simultaneous_small_holds_never_overdraw_the_credits(alice):
         with transaction.atomic(durable=True):
             return credits_hold_in_atomic(user=alice, amount=30_000, reference=f"job:small-{index}")
 
-    results = _run_at_once(hold, THREADS)
+    results = run_at_once(hold, THREADS)
 
     assert sum(isinstance(r, LedgerTransaction) for r in results) == 3, results
     assert sum(isinstance(r, InsufficientFunds) for r in results) == THREADS - 3, results

@@ -4,13 +4,14 @@ PostgreSQL connections (one per thread, committing for real)."""
 import threading
 
 import pytest
-from django.db import connection
+
 
 from apps.credits.deposits import services
 from apps.credits.deposits.services import deposit_reference_create, deposits_scan
 from apps.credits.models import Deposit, LedgerTransaction
 from apps.credits.selectors import balance_get
 from tests.credits.test_deposits_scan import assert_books_match_the_chain
+from tests.support.races import run_at_once
 from tests.support.solana_fixtures import USDC, solana, usdc  # noqa: F401
 
 
@@ -26,23 +27,8 @@ def _scan_at_once(count: int, monkeypatch) -> list:
         return result
 
     monkeypatch.setattr(services, "deposit_verdict", verdict_then_wait)
-    results: list = [None] * count
-
-    def run(index):
-        try:
-            results[index] = deposits_scan()
-        except BaseException as exc:  # noqa: BLE001 - the test inspects what each thread got
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads), "a scan is stuck (deadlock?)"
-    return results
+    # The scans meet at the barrier inside deposit_verdict, not at the start.
+    return run_at_once(lambda index: deposits_scan(), count, release_together=False)
 
 
 @pytest.mark.django_db(transaction=True)

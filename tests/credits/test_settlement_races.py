@@ -2,12 +2,10 @@
 refund, two captures of one hold. Exactly one settles; nothing is created or lost."""
 
 import json
-import threading
 
 import pytest
-from django.db import connection
 
-from apps.credits.ledger import LedgerError, Leg, ledger_post, system_account, PROMO_CODE
+from apps.credits.ledger import PROMO_CODE, LedgerError, Leg, ledger_post, system_account
 from apps.credits.selectors import balance_get, held_get
 from apps.credits.services import credits_grant, user_account
 from apps.marketplace.demo import catalogue_seed_builtin
@@ -16,6 +14,7 @@ from apps.marketplace.requests import parse_chat_request
 from apps.marketplace.services import job_complete, job_create, job_fail
 from apps.workers.models import CatalogueModel
 from apps.workers.services import worker_register
+from tests.support.races import run_at_once
 
 
 def _job(user, worker):
@@ -28,23 +27,7 @@ def _job(user, worker):
 
 
 def _race(*calls):
-    barrier, errors = threading.Barrier(len(calls)), []
-
-    def run(call):
-        try:
-            barrier.wait()
-            call()
-        except Exception as exc:  # collected: the test asserts there were none
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
+    return [r for r in run_at_once(lambda i: calls[i](), len(calls)) if isinstance(r, BaseException)]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,11 +4,9 @@ These tests commit for real (transaction=True): row locks only matter between se
 database transactions.
 """
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from apps.credits.models import LedgerTransaction
@@ -30,6 +28,8 @@ from apps.staking.services import (
     unstake_request,
 )
 
+from tests.support.races import run_at_once
+
 from .helpers import PEER, a_job_pays_the_stakers_pool, assert_value_is_conserved, balance
 
 THREADS = 8
@@ -37,26 +37,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _run_at_once(target, count=THREADS):
-    """Run target(i) in `count` threads released together; return what each returned or raised."""
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(index):
-        try:
-            barrier.wait(timeout=10)
-            results[index] = target(index)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects what each thread got
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
-    return results
+    return run_at_once(target, count)
 
 
 @pytest.fixture
