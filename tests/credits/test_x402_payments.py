@@ -144,3 +144,11 @@ def test_a_node_without_a_hot_wallet_or_facilitator_refuses_payments_clearly(usd
 def test_the_requirements_name_our_fee_payer(facilitator, settings):
     requirement = payment_requirements(price_micro=PRICE)
     assert requirement.extra == {"feePayer": str(facilitator.pubkey())} and requirement.pay_to == settings.PEER_PAY_TO
+
+
+def test_an_expired_payment_is_refused_and_credits_nothing(usdc, facilitator, buyer, alice):
+    header = _pay(buyer, usdc, _required())
+    usdc.chain.expire_blockhashes()  # the signed transfer's blockhash is past its validity window
+    with pytest.raises(PaymentRejected):
+        x402_settle_to_credits(user=alice, header_value=header, price_micro=PRICE)
+    assert balance_get(user=alice) == 0 and usdc.node_balance() == 0 and not X402Payment.objects.exists()
