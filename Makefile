@@ -25,11 +25,12 @@ check-python:
 	  echo "python3.12) and rerun, or point to it: make PYTHON=/path/to/python3.12 $(MAKECMDGOALS)" >&2; \
 	  exit 1; fi
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt worker/requirements.txt | check-python
+$(VENV)/.installed: requirements.txt requirements-dev.txt worker/requirements.txt worker/requirements-nodeps.txt | check-python
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@echo "Installing Python packages (the first install builds llama.cpp: about 8 minutes on 2 cores)..."
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r worker/requirements-nodeps.txt
 	@touch $@
 
 node_modules/.installed: package.json

@@ -1,7 +1,8 @@
-"""The agent: one outbound WebSocket to a node, serving jobs with one backend.
+"""The agent: one outbound WebSocket to a node, serving jobs with its backends' models.
 
-The agent dials out (so a worker behind NAT needs no open port), says `hello`, waits for
-`welcome`, then serves `job.assign` frames one at a time until the link drops, when it
+The agent dials out (so a worker behind NAT needs no open port), says `hello` listing every
+model of every backend, waits for `welcome`, then serves `job.assign` (generation) and
+`embed.assign` (embeddings) frames one at a time until the link drops, when it
 reconnects with exponential backoff. A node that closes with a token code (bad, revoked,
 replaced) ends the agent: retrying a rejected token would only hammer the node.
 """
@@ -25,8 +26,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from worker import __version__, protocol
-from worker.backends import Backend, BackendError, Finish
-from worker.prompt import job_prompt
+from worker.backends import BackendError, Finish, ModelInfo, Request
+from worker.prompt import format_chat
 
 log = logging.getLogger("worker.agent")
 
@@ -105,11 +106,21 @@ class _Job:
     task: asyncio.Task[None]
 
 
+@dataclass(frozen=True)
+class _Served:
+    backend: Any  # a worker.backends.Backend or EmbeddingBackend
+    model: ModelInfo
+
+
 class Agent:
-    def __init__(self, config: AgentConfig, backend: Backend, hardware: dict[str, Any],
+    def __init__(self, config: AgentConfig, backends: list[Any], hardware: dict[str, Any],
                  rng: random.Random | None = None) -> None:
+        """`backends`: Backend and EmbeddingBackend objects; each of their models is served."""
         self.config = config
-        self.backend = backend
+        self.backends = list(backends)
+        self.served = [_Served(b, m) for b in self.backends for m in b.models]
+        if not self.served:
+            raise ValueError("an agent must serve at least one model")
         self.hardware = hardware
         self.url = agent_url(config.server)
         self.worker_id: str | None = None
@@ -163,10 +174,9 @@ class Agent:
             raise FatalError(f"{FATAL_CLOSE_CODES[code]} (close code {code}{detail})", code)
 
     def _hello(self) -> dict[str, Any]:
-        model = {"id": self.backend.model_id, "digest": self.backend.digest,
-                 "backend": self.backend.name, "context_length": self.backend.context_length}
         frame = protocol.hello(token=self.config.token, agent_version=__version__,
-                               models=[model], backends=[self.backend.name],
+                               models=[s.model.announce() for s in self.served],
+                               backends=list(dict.fromkeys(b.name for b in self.backends)),
                                hardware=self.hardware)
         # Not a required protocol field: a label for dashboards, defaulting to the host name.
         frame["name"] = self.config.name or socket.gethostname()
@@ -225,6 +235,8 @@ class Agent:
         kind = frame.get("type")
         if kind == "job.assign":
             await self._on_assign(ws, frame)
+        elif kind == "embed.assign":
+            await self._on_embed(ws, frame)
         elif kind == "job.cancel":
             self._on_cancel(frame)
         elif kind == "error":
@@ -237,43 +249,86 @@ class Agent:
         if not isinstance(job_id, str):
             log.warning("ignoring job.assign without a job_id")
             return
-        refusal, prompt, format_stops = self._check(frame)
+        refusal, served, request = self._check(frame)
         if refusal is not None:
-            code, message = refusal
-            log.warning("job %s refused: %s", job_id, message)
-            await _send(ws, {"type": "job.error", "job_id": job_id, "code": code,
-                             "message": message})
+            await self._refuse(ws, job_id, refusal)
             return
+        assert served is not None and request is not None
         await _send(ws, {"type": "job.accepted", "job_id": job_id})
         cancel = threading.Event()
         params = frame.get("params") or {}
-        if format_stops:
-            user_stops = params.get("stop") or []
-            params = {**params, "stop": [*([user_stops] if isinstance(user_stops, str) else user_stops),
-                                         *format_stops]}
-        task = asyncio.create_task(self._run_job(ws, job_id, prompt, params, cancel))
+        task = asyncio.create_task(self._run_job(ws, job_id, served, request, params, cancel))
         self._job = _Job(job_id, cancel, task)
 
-    def _check(self, frame: dict[str, Any]) -> tuple[tuple[str, str] | None, str, list[str]]:
-        """(refusal code and message, or None; the prompt; stop sequences its format adds)."""
+    async def _on_embed(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        job_id = frame.get("job_id")
+        if not isinstance(job_id, str):
+            log.warning("ignoring embed.assign without a job_id")
+            return
+        refusal, served = self._check_embed(frame)
+        if refusal is not None:
+            await self._refuse(ws, job_id, refusal)
+            return
+        assert served is not None
+        cancel = threading.Event()
+        task = asyncio.create_task(self._run_embed(ws, job_id, served, frame["input"], cancel))
+        self._job = _Job(job_id, cancel, task)
+
+    async def _refuse(self, ws: ClientConnection, job_id: str, refusal: tuple[str, str]) -> None:
+        code, message = refusal
+        log.warning("job %s refused: %s", job_id, message)
+        await _send(ws, {"type": "job.error", "job_id": job_id, "code": code, "message": message})
+
+    def _find(self, frame: dict[str, Any], kind: str) -> _Served | None:
+        """The served model with the job's digest; its id breaks a tie (one Ollama blob can be
+        tagged twice)."""
+        matches = [s for s in self.served
+                   if s.model.kind == kind and s.model.digest == frame.get("model_digest")]
+        named = [s for s in matches if s.model.id == frame.get("model")]
+        return (named or matches or [None])[0]
+
+    def _unavailable(self, kind: str) -> tuple[str, str]:
+        served = ", ".join(f"{s.model.id} ({s.model.digest})" for s in self.served
+                           if s.model.kind == kind) or f"no {kind} model"
+        return "model_unavailable", f"this worker serves {served}"
+
+    def _check(self, frame: dict[str, Any]
+               ) -> tuple[tuple[str, str] | None, _Served | None, Request | None]:
+        """(refusal code and message, or None; the model to run; what to run)."""
         if self._job is not None:
-            return ("busy", f"worker is running job {self._job.id}"), "", []
-        if frame.get("model_digest") != self.backend.digest:
-            served = f"{self.backend.model_id} ({self.backend.digest})"
-            return ("model_unavailable", f"this worker serves {served}"), "", []
+            return ("busy", f"worker is running job {self._job.id}"), None, None
+        served = self._find(frame, "chat")
+        if served is None:
+            return self._unavailable("chat"), None, None
         messages, prompt, params = frame.get("messages"), frame.get("prompt"), frame.get("params")
         if not isinstance(params, (dict, type(None))):
-            return ("invalid_job", "params must be an object"), "", []
+            return ("invalid_job", "params must be an object"), None, None
         if prompt is not None:
             if not isinstance(prompt, str):
-                return ("invalid_job", "prompt must be a string"), "", []
-            return None, *job_prompt(messages=None, prompt=prompt)
+                return ("invalid_job", "prompt must be a string"), None, None
+            return None, served, Request(prompt=prompt)
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return ("invalid_job", "messages must be a list of objects"), "", []
+            return ("invalid_job", "messages must be a list of objects"), None, None
         try:
-            return None, *job_prompt(messages=messages, prompt=None)
+            format_chat(messages)  # what the node counts tokens with must accept them too
         except (TypeError, AttributeError) as exc:
-            return ("invalid_job", f"messages could not be formatted: {exc}"), "", []
+            return ("invalid_job", f"messages could not be formatted: {exc}"), None, None
+        return None, served, Request(messages=messages)
+
+    def _check_embed(self, frame: dict[str, Any]) -> tuple[tuple[str, str] | None, _Served | None]:
+        if self._job is not None:
+            return ("busy", f"worker is running job {self._job.id}"), None
+        served = self._find(frame, "embedding")
+        if served is None:
+            return self._unavailable("embedding"), None
+        inputs = frame.get("input")
+        if not isinstance(inputs, list) or not inputs or \
+                not all(isinstance(text, str) for text in inputs):
+            return ("invalid_job", "input must be a non-empty list of strings"), None
+        if len(inputs) > protocol.MAX_EMBED_INPUTS:
+            return ("invalid_job", f"at most {protocol.MAX_EMBED_INPUTS} inputs per "
+                                   "embed.assign"), None
+        return None, served
 
     def _on_cancel(self, frame: dict[str, Any]) -> None:
         job = self._job
@@ -285,10 +340,10 @@ class Agent:
 
     # -- running a job ----------------------------------------------------------------------
 
-    async def _run_job(self, ws: ClientConnection, job_id: str, prompt: str,
+    async def _run_job(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
                        params: dict[str, Any], cancel: threading.Event) -> None:
         try:
-            await self._execute(ws, job_id, prompt, params, cancel)
+            await self._execute(ws, job_id, served, request, params, cancel)
         except ConnectionClosed:
             log.warning("job %s: connection lost, generation stopped", job_id)
         finally:
@@ -296,13 +351,13 @@ class Agent:
             if self._job is not None and self._job.id == job_id:
                 self._job = None
 
-    async def _execute(self, ws: ClientConnection, job_id: str, prompt: str,
+    async def _execute(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
                        params: dict[str, Any], cancel: threading.Event) -> None:
-        log.info("job %s: started (%d prompt chars, max_tokens=%s)",
-                 job_id, len(prompt), params.get("max_tokens"))
+        log.info("job %s: started on %s (%s, max_tokens=%s)", job_id, served.model.id,
+                 "raw prompt" if request.prompt is not None else "chat", params.get("max_tokens"))
         started = time.monotonic()
         try:
-            finish = await self._stream(ws, job_id, prompt, params, cancel)
+            finish = await self._stream(ws, job_id, served, request, params, cancel)
         except BackendError as exc:
             log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
             await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code,
@@ -317,13 +372,13 @@ class Agent:
             return
         elapsed = time.monotonic() - started
         await _send(ws, {"type": "job.done", "job_id": job_id, "finish_reason": finish.reason,
-                         "model_digest": self.backend.digest,
+                         "model_digest": served.model.digest,
                          "usage": {"completion_tokens": finish.completion_tokens}})
         rate = finish.completion_tokens / elapsed if elapsed > 0 else 0.0
         log.info("job %s: %s, %d tokens in %.2fs (%.1f tok/s)",
                  job_id, finish.reason, finish.completion_tokens, elapsed, rate)
 
-    async def _stream(self, ws: ClientConnection, job_id: str, prompt: str,
+    async def _stream(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
                       params: dict[str, Any], cancel: threading.Event) -> Finish:
         """Run the blocking generator in a thread and relay its pieces as job.delta frames."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -337,7 +392,7 @@ class Agent:
 
         def produce() -> None:
             try:
-                for piece in self.backend.generate(prompt, params, cancel):
+                for piece in served.backend.generate(served.model.id, request, params, cancel):
                     post(piece)
             except BaseException as exc:  # handed to the event loop, which reports it
                 post(exc)
@@ -352,6 +407,39 @@ class Agent:
                 raise item
             await _send(ws, {"type": "job.delta", "job_id": job_id, "seq": seq, "text": item})
             seq += 1
+
+    async def _run_embed(self, ws: ClientConnection, job_id: str, served: _Served,
+                         inputs: list[str], cancel: threading.Event) -> None:
+        started = time.monotonic()
+        try:
+            frame = await self._embed(job_id, served, inputs, cancel)
+            await _send(ws, frame)
+        except ConnectionClosed:
+            log.warning("job %s: connection lost before the embeddings were sent", job_id)
+            return
+        finally:
+            cancel.set()
+            if self._job is not None and self._job.id == job_id:
+                self._job = None
+        if frame["type"] == "embed.done":
+            log.info("job %s: %d embeddings in %.3fs", job_id, len(inputs),
+                     time.monotonic() - started)
+
+    async def _embed(self, job_id: str, served: _Served, inputs: list[str],
+                     cancel: threading.Event) -> dict[str, Any]:
+        """embed.done, or the job.error to send instead. The model runs in a thread."""
+        try:
+            result = await asyncio.to_thread(served.backend.embed, served.model.id, inputs, cancel)
+        except BackendError as exc:
+            log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
+            return {"type": "job.error", "job_id": job_id, "code": exc.code,
+                    "message": exc.message}
+        except Exception as exc:
+            log.exception("job %s: embedding backend failure", job_id)
+            return {"type": "job.error", "job_id": job_id, "code": "backend_error",
+                    "message": f"{type(exc).__name__}: {exc}"}
+        return protocol.embed_done(job_id=job_id, model_digest=served.model.digest,
+                                   data=result.data, prompt_tokens=result.prompt_tokens)
 
 
 async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """The agent <-> node wire protocol: JSON objects over one WebSocket, versioned.
 
 Defined once here; the node's consumer imports it. Every frame is a JSON object with a
-"type". Agent -> node: hello, heartbeat, job.accepted, job.delta, job.done, job.error.
-Node -> agent: welcome, heartbeat, job.assign, job.cancel, error.
+"type". Agent -> node: hello, heartbeat, job.accepted, job.delta, job.done, job.error,
+embed.done. Node -> agent: welcome, heartbeat, job.assign, embed.assign, job.cancel, error.
 
 A frame that is not valid JSON, not an object, of an unknown type, or missing a required
 field is a protocol error: the node answers with an `error` frame and closes the link.
@@ -23,6 +23,11 @@ CLOSE_REVOKED = 4003
 CLOSE_REPLACED = 4004
 
 FINISH_REASONS = ("stop", "length", "cancelled")
+# hello.models[].kind; a model without one is a chat model (agents before embeddings).
+MODEL_KINDS = ("chat", "embedding")
+# Inputs per embed.assign. The node splits a longer request: 32 vectors of 384 floats fit an
+# embed.done frame under MAX_FRAME_BYTES with room to spare, even at 16 characters a number.
+MAX_EMBED_INPUTS = 32
 
 # type -> {field: accepted python types}
 _AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
@@ -32,6 +37,7 @@ _AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
     "job.delta": {"job_id": (str,), "seq": (int,), "text": (str,)},
     "job.done": {"job_id": (str,), "finish_reason": (str,), "model_digest": (str,)},
     "job.error": {"job_id": (str,), "code": (str,), "message": (str,)},
+    "embed.done": {"job_id": (str,), "model_digest": (str,), "data": (list,)},
 }
 
 _MODEL_FIELDS: dict[str, tuple[type, ...]] = {"id": (str,), "digest": (str,), "backend": (str,)}
@@ -72,9 +78,24 @@ def decode_agent_frame(text: str | bytes | None) -> dict[str, Any]:
             if not isinstance(model, dict):
                 raise ProtocolError("hello: each model is an object")
             _require(model, _MODEL_FIELDS, "hello.models[]")
+            if model.get("kind", "chat") not in MODEL_KINDS:
+                raise ProtocolError(f"hello.models[]: kind must be one of {MODEL_KINDS}")
     if kind == "job.done" and frame["finish_reason"] not in FINISH_REASONS:
         raise ProtocolError(f"job.done: finish_reason must be one of {FINISH_REASONS}")
+    if kind == "embed.done":
+        _check_vectors(frame["data"])
     return frame
+
+
+def _check_vectors(data: list) -> None:
+    """embed.done data: one non-empty list of numbers per input, all of the same length."""
+    for vector in data:
+        if not isinstance(vector, list) or not vector:
+            raise ProtocolError("embed.done: each item of data is a non-empty list of numbers")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in vector):
+            raise ProtocolError("embed.done: each item of data is a non-empty list of numbers")
+    if len({len(vector) for vector in data}) > 1:
+        raise ProtocolError("embed.done: all vectors have the same length")
 
 
 def encode(frame: dict[str, Any]) -> str:
@@ -102,6 +123,20 @@ def job_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, 
     seed, stop (list of strings)."""
     return {"type": "job.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
             "messages": messages, "prompt": prompt, "params": params}
+
+
+def embed_assign(*, job_id: str, model: str, model_digest: str,
+                 input: list[str]) -> dict[str, Any]:
+    """An embedding job: one vector per string of `input` (at most MAX_EMBED_INPUTS), answered
+    with embed.done or job.error; there is no job.accepted and no job.delta."""
+    return {"type": "embed.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
+            "input": list(input)}
+
+
+def embed_done(*, job_id: str, model_digest: str, data: list[list[float]],
+               prompt_tokens: int) -> dict[str, Any]:
+    return {"type": "embed.done", "job_id": job_id, "model_digest": model_digest, "data": data,
+            "usage": {"prompt_tokens": prompt_tokens}}
 
 
 def job_cancel(*, job_id: str, reason: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from worker.backends import Finish
+from worker.backends import Finish, Request
 
 
 # The worker needs neither PostgreSQL, Redis nor Django settings. These override, for the
@@ -49,12 +49,16 @@ def backend_one_thread() -> Any:
     return _load(1)
 
 
-def run_generation(backend: Any, prompt: str, params: dict[str, Any],
+def run_generation(backend: Any, prompt: str | Request, params: dict[str, Any],
                    cancel: threading.Event | None = None,
-                   on_piece: Callable[[int], None] | None = None) -> Generation:
+                   on_piece: Callable[[int], None] | None = None,
+                   model_id: str | None = None) -> Generation:
+    """Run one generation to its end. A str is a raw prompt; the model defaults to the first."""
     pieces: list[str] = []
     finish: Finish | None = None
-    for item in backend.generate(prompt, params, cancel or threading.Event()):
+    request = prompt if isinstance(prompt, Request) else Request(prompt=prompt)
+    model_id = model_id or backend.models[0].id
+    for item in backend.generate(model_id, request, params, cancel or threading.Event()):
         if isinstance(item, Finish):
             assert finish is None, "a generation ends with exactly one Finish"
             finish = item

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Iterator
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from worker import protocol
-from worker.backends import BackendError, Finish, Piece
+from worker.backends import BackendError, Embeddings, Finish, ModelInfo, Piece, Request
 
 Session = Callable[[ServerConnection], Awaitable[None]]
 TIMEOUT = 10.0
@@ -74,9 +74,9 @@ async def frames_until_finished(ws: ServerConnection, job_id: str) -> list[dict[
                 return frames
 
 
-def assign(job_id: str, digest: str, **params: Any) -> str:
+def assign(job_id: str, digest: str, model: str = "fake-model", **params: Any) -> str:
     return protocol.encode(protocol.job_assign(
-        job_id=job_id, model="fake-model", model_digest=digest,
+        job_id=job_id, model=model, model_digest=digest,
         messages=[{"role": "user", "content": "Say hello."}],
         params={"max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 7, "stop": [], **params}))
 
@@ -90,15 +90,19 @@ class FakeBackend:
     context_length = 128
 
     def __init__(self, pieces: tuple[str, ...] = ("Hel", "lo", " world"), delay: float = 0.0,
-                 error: BaseException | None = None) -> None:
+                 error: BaseException | None = None, models: list[ModelInfo] | None = None) -> None:
         self.pieces, self.delay, self.error = pieces, delay, error
-        self.prompts: list[str] = []
+        self.models = models or [ModelInfo(self.model_id, self.digest, self.name,
+                                           self.context_length)]
+        self.requests: list[Request] = []
+        self.model_ids: list[str] = []
         self.params: list[dict[str, Any]] = []
         self.cancelled = threading.Event()
 
-    def generate(self, prompt: str, params: dict[str, Any],
+    def generate(self, model_id: str, request: Request, params: dict[str, Any],
                  cancel: threading.Event) -> Iterator[Piece]:
-        self.prompts.append(prompt)
+        self.model_ids.append(model_id)
+        self.requests.append(request)
         self.params.append(params)
         if self.error is not None:
             raise self.error
@@ -116,3 +120,39 @@ class FakeBackend:
 
 def refusing_backend(code: str) -> FakeBackend:
     return FakeBackend(error=BackendError(code, "refused by the test"))
+
+
+class FakeEmbedder:
+    """An embedding backend whose vectors are [len(text), 1.0]; slow on request."""
+
+    name = "fake-embed"
+    model_id = "fake-embedding"
+    digest = "sha256:" + "cd" * 32
+
+    def __init__(self, delay: float = 0.0, error: BaseException | None = None) -> None:
+        self.delay, self.error = delay, error
+        self.models = [ModelInfo(self.model_id, self.digest, self.name, 64, "embedding")]
+        self.inputs: list[list[str]] = []
+
+    def embed(self, model_id: str, inputs: list[str], cancel: threading.Event) -> Embeddings:
+        self.inputs.append(inputs)
+        time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        if cancel.is_set():
+            raise BackendError("cancelled", "the job was cancelled")
+        return Embeddings([[float(len(text)), 1.0] for text in inputs],
+                          sum(len(text.split()) for text in inputs))
+
+
+def embed(job_id: str, digest: str, inputs: list[str], model: str = "fake-embedding") -> str:
+    return protocol.encode(protocol.embed_assign(job_id=job_id, model=model, model_digest=digest,
+                                                 input=inputs))
+
+
+async def frames_until_embedded(ws: ServerConnection, job_id: str) -> dict[str, Any]:
+    """The embed.done or job.error that answers `job_id`."""
+    while True:
+        frame = await receive(ws)
+        if frame.get("job_id") == job_id and frame["type"] in ("embed.done", "job.error"):
+            return frame

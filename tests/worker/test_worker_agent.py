@@ -14,16 +14,16 @@ import worker
 from tests.worker.nodestub import (FakeBackend, NodeStub, assign, frames_until_finished,
                                    receive, refusing_backend, welcome)
 from worker import protocol
-from worker.prompt import STOP_SEQUENCES
+from worker.backends import Request
 from worker.agent import Agent, AgentConfig, FatalError, agent_url, backoff_delay
 
 HARDWARE = {"cpu": "test cpu", "threads": 2, "ram_gb": 1.0}
 
 
-def make_agent(url: str, backend: Any, token: str = "tok-123") -> Agent:
+def make_agent(url: str, *backends: Any, token: str = "tok-123") -> Agent:
     config = AgentConfig(server=url, token=token, name="test-agent",
                          backoff_base=0.01, backoff_max=0.05)
-    return Agent(config, backend, HARDWARE, rng=random.Random(0))
+    return Agent(config, list(backends), HARDWARE, rng=random.Random(0))
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -36,7 +36,8 @@ async def stop(task: asyncio.Task) -> None:
 
 
 async def run_one_session(backend: Any,
-                          script: Callable[[ServerConnection], Awaitable[Any]]) -> Any:
+                          script: Callable[[ServerConnection], Awaitable[Any]],
+                          *more_backends: Any) -> Any:
     """Start an agent, let `script` play the node on its first connection, return its result."""
     result: asyncio.Future = asyncio.get_running_loop().create_future()
 
@@ -48,7 +49,7 @@ async def run_one_session(backend: Any,
         await ws.wait_closed()
 
     async with NodeStub(session) as node:
-        task = asyncio.create_task(make_agent(node.url, backend).run())
+        task = asyncio.create_task(make_agent(node.url, backend, *more_backends).run())
         try:
             return await result
         finally:
@@ -94,7 +95,7 @@ def test_hello_announces_token_version_model_backend_and_hardware():
         assert hello["agent_version"] == worker.__version__
         assert hello["backends"] == ["fake"]
         assert hello["models"] == [{"id": "fake-model", "digest": backend.digest,
-                                    "backend": "fake", "context_length": 128}]
+                                    "backend": "fake", "context_length": 128, "kind": "chat"}]
         assert hello["hardware"] == HARDWARE
         assert hello["name"] == "test-agent"
 
@@ -125,12 +126,13 @@ def test_job_is_accepted_then_streamed_in_order_then_done():
         assert done["finish_reason"] == "length"
         assert done["model_digest"] == backend.digest
         assert done["usage"] == {"completion_tokens": 4}
-        assert backend.prompts[0].endswith("User: Say hello.\nAssistant:")
+        assert backend.model_ids == ["fake-model"]
+        assert backend.requests == [Request(messages=[{"role": "user", "content": "Say hello."}])]
 
     run(scenario)
 
 
-def test_a_raw_prompt_job_runs_the_prompt_as_given_without_the_chat_stops():
+def test_a_raw_prompt_job_hands_the_backend_the_prompt_as_given():
     backend = FakeBackend(pieces=("4",))
 
     async def script(ws: ServerConnection) -> list[dict]:
@@ -143,13 +145,15 @@ def test_a_raw_prompt_job_runs_the_prompt_as_given_without_the_chat_stops():
     async def scenario() -> None:
         frames = await run_one_session(backend, script)
         assert frames[-1]["type"] == "job.done"
-        assert backend.prompts == ["2 + 2 ="]
+        assert backend.requests == [Request(prompt="2 + 2 =")]
         assert backend.params[0]["stop"] == ["\n"]
 
     run(scenario)
 
 
-def test_a_chat_job_adds_the_formats_stops_to_the_callers():
+def test_a_chat_job_hands_the_backend_the_messages_and_the_callers_params_unchanged():
+    # Formatting (and its stop sequences) is the backend's business: builtin formats for its
+    # base model, ollama and openai servers apply the model's own chat template.
     backend = FakeBackend(pieces=("Hi",))
 
     async def script(ws: ServerConnection) -> list[dict]:
@@ -159,7 +163,8 @@ def test_a_chat_job_adds_the_formats_stops_to_the_callers():
 
     async def scenario() -> None:
         await run_one_session(backend, script)
-        assert backend.params[0]["stop"] == ["END", *STOP_SEQUENCES]
+        assert backend.requests[0].messages == [{"role": "user", "content": "Say hello."}]
+        assert backend.params[0]["stop"] == ["END"]
 
     run(scenario)
 
@@ -215,7 +220,7 @@ def test_job_for_a_model_the_worker_does_not_serve_is_refused():
     async def scenario() -> None:
         frames = await run_one_session(backend, script)
         assert [(f["type"], f["code"]) for f in frames] == [("job.error", "model_unavailable")]
-        assert backend.prompts == []
+        assert backend.requests == []
 
     run(scenario)
 

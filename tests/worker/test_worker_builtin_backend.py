@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from worker.backends import BackendError
+from worker.backends import BackendError, Request
 from worker.prompt import format_chat, job_prompt
 
 STORY = format_chat([{"role": "user",
@@ -96,6 +96,35 @@ def test_the_chat_formats_stop_sequences_end_the_assistants_turn(backend, genera
     result = generate(backend, hi, {"max_tokens": 40, "temperature": 0, "stop": format_stops})
     assert result.finish.reason == "stop"
     assert result.text == " Hi!"
+
+
+def test_a_chat_request_is_formatted_for_the_base_model_and_stops_at_the_next_turn(backend,
+                                                                                 generate):
+    chat = Request(messages=[{"role": "user", "content": "Hi!"}])
+    result = generate(backend, chat, {"max_tokens": 40, "temperature": 0, "stop": []})
+    assert result.finish.reason == "stop"
+    assert result.text == " Hi!"
+
+
+def test_the_chat_formats_stops_are_added_to_the_callers(backend, generate):
+    full = generate(backend, COUNTING, GREEDY).text
+    chat = Request(messages=[{"role": "user",
+                              "content": "List the numbers from 1 to 200, separated by commas."}])
+    stopped = generate(backend, chat, {**GREEDY, "stop": ["5."]})
+    assert stopped.finish.reason == "stop"
+    assert stopped.text == full[: full.index("5.")]
+
+
+def test_a_model_the_backend_does_not_serve_is_refused(backend, generate):
+    with pytest.raises(BackendError) as refused:
+        generate(backend, COUNTING, GREEDY, model_id="some-other-model")
+    assert refused.value.code == "model_unavailable"
+
+
+def test_the_model_is_announced_as_a_chat_model(backend):
+    assert [m.announce() for m in backend.models] == [{
+        "id": "gemma-3-270m-q4_k_m", "digest": backend.digest, "backend": "builtin",
+        "context_length": 2048, "kind": "chat"}]
 
 
 def test_cancel_stops_generation_within_a_token(backend, generate):

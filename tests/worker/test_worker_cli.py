@@ -92,7 +92,7 @@ def test_real_model_job_through_the_agent_streams_what_the_backend_generates(bac
             await ws.wait_closed()
 
         async with NodeStub(session) as node:
-            agent = Agent(AgentConfig(server=node.url, token="t"), backend, hardware_info(2))
+            agent = Agent(AgentConfig(server=node.url, token="t"), [backend], hardware_info(2))
             task = asyncio.create_task(agent.run())
             frames = await asyncio.wait_for(result, 60)
             task.cancel()

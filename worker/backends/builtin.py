@@ -1,5 +1,8 @@
 """Backend "builtin": Gemma 3 270M (Q4_K_M GGUF) on the CPU through llama-cpp-python.
 
+Chat jobs are formatted for the base model with `worker.prompt.job_prompt`, whose stop
+sequences are added to the caller's; a raw prompt runs as given.
+
 Reproducibility is the point of this backend: the node commits to (model digest, seed, params,
 prompt, output), so the same job must give the same text on any worker. Hence:
   * every job starts from an empty KV cache (llama-cpp-python would otherwise reuse a cached
@@ -19,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from worker.backends import BackendError, Finish, Piece
+from worker.backends import BackendError, Finish, ModelInfo, Piece, Request
 from worker.backends.modelfile import ModelFile, resolve_model
+from worker.backends.params import sampling
 from worker.backends.textstream import StopStream
+from worker.prompt import job_prompt
 
 log = logging.getLogger(__name__)
 
@@ -32,42 +37,6 @@ _SEED_SPACE = 0xFFFFFFFF
 
 def _llama_seed(seed: int) -> int:
     return seed % _SEED_SPACE
-
-
-def _number(params: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = params.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise BackendError("invalid_params", f"{name} must be a number in [{low}, {high}]")
-    return float(value)
-
-
-def _max_tokens(params: dict[str, Any]) -> int | None:
-    value = params.get("max_tokens")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BackendError("invalid_params", "max_tokens must be a positive integer")
-    return value
-
-
-def _seed(params: dict[str, Any]) -> int | None:
-    value = params.get("seed")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise BackendError("invalid_params", "seed must be an integer")
-    return value
-
-
-def _stops(params: dict[str, Any]) -> list[str]:
-    value = params.get("stop")
-    if value is None:
-        value = []
-    elif isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise BackendError("invalid_params", "stop must be a string or a list of strings")
-    return value
 
 
 class BuiltinBackend:
@@ -87,6 +56,7 @@ class BuiltinBackend:
         self.digest = model.digest
         self.path = model.path
         self.context_length = llm.n_ctx()
+        self.models = [ModelInfo(model.id, model.digest, self.name, self.context_length)]
         self.n_threads = n_threads
         self.load_seconds = load_seconds
 
@@ -110,14 +80,18 @@ class BuiltinBackend:
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def generate(self, prompt: str, params: dict[str, Any],
+    def generate(self, model_id: str, request: Request, params: dict[str, Any],
                  cancel: threading.Event) -> Iterator[Piece]:
+        if model_id != self.model_id:
+            raise BackendError("model_unavailable", f"this backend serves {self.model_id} only")
         # Validate before taking the lock so a bad job fails fast even while busy.
-        temperature = _number(params, "temperature", 1.0, 0.0, 2.0)
-        top_p = _number(params, "top_p", 1.0, 0.0, 1.0)
-        max_tokens, seed, stops = _max_tokens(params), _seed(params), _stops(params)
+        wanted = sampling(params)
+        prompt, format_stops = job_prompt(messages=request.messages, prompt=request.prompt)
+        temperature = 1.0 if wanted.temperature is None else wanted.temperature
+        top_p = 1.0 if wanted.top_p is None else wanted.top_p
         with self._lock:
-            yield from self._generate(prompt, temperature, top_p, max_tokens, seed, stops, cancel)
+            yield from self._generate(prompt, temperature, top_p, wanted.max_tokens, wanted.seed,
+                                      [*wanted.stops, *format_stops], cancel)
 
     def _generate(self, prompt: str, temperature: float, top_p: float, max_tokens: int | None,
                   seed: int | None, stops: list[str], cancel: threading.Event) -> Iterator[Piece]:
