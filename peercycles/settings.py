@@ -100,12 +100,18 @@ REDIS_URL = env_str("REDIS_URL")
 # Channel capacity bounds the tokens one job can have in flight before the client reads them.
 CHANNEL_CAPACITY = env_int("PEER_CHANNEL_CAPACITY", 4096)
 if REDIS_URL:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 times a read out after 5 s, exactly channels_redis's 5 s blocking pop:
-            # a longer socket timeout keeps idle consumers from crashing.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": CHANNEL_CAPACITY, "expiry": 120,
+            # a longer socket timeout keeps idle consumers from crashing. Without a retry, every
+            # pooled connection fails once after Redis restarts: the first requests would fail.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30,
+                                  "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)}],
+                       "capacity": CHANNEL_CAPACITY, "expiry": 120,
                        "prefix": env_str("PEER_CHANNEL_PREFIX", "peercycles")},
         }
     }
@@ -191,6 +197,8 @@ PEER_DEFAULT_MAX_TOKENS = env_int("PEER_DEFAULT_MAX_TOKENS", 256)
 PEER_MAX_TOKENS_LIMIT = env_int("PEER_MAX_TOKENS_LIMIT", 1024)
 # How long a job waits for an idle worker, and how long a running job may take in all.
 PEER_QUEUE_TIMEOUT = env_float("PEER_QUEUE_TIMEOUT", 30.0)
+# Jobs that may wait for a worker per model and tier; past it a request gets 429 at once.
+PEER_QUEUE_LIMIT = env_int("PEER_QUEUE_LIMIT", 200)
 PEER_JOB_TIMEOUT = env_float("PEER_JOB_TIMEOUT", 300.0)
 # A worker that sends nothing for this long is taken offline.
 PEER_HEARTBEAT_INTERVAL = env_float("PEER_HEARTBEAT_INTERVAL", 10.0)

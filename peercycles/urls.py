@@ -8,6 +8,8 @@ urlpatterns = [
     path("", include("apps.credits.urls")),
     path("api/", include("apps.credits.urls_api")),
     path("api/staking/", include("apps.staking.urls_api")),
+    path("api/workers/", include("apps.workers.urls_api")),
+    path("operator/", include("apps.workers.urls")),
     path("treasury/", include("apps.credits.urls_treasury")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),

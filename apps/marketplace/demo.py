@@ -1,5 +1,6 @@
-"""The demo fleet `make run` serves: a demo buyer with credits and key, local workers, and the
-catalogue name `peer-mixtral` mapped (openly, in /v1/models) to the built-in Gemma 3 270M."""
+"""The demo fleet `make run` serves: a demo buyer with credits and key, local workers, the
+catalogue name `peer-mixtral` mapped (openly, in /v1/models) to the built-in Gemma 3 270M, and
+`all-minilm-l6-v2` for /v1/embeddings, served by the agents' MiniLM backend."""
 
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from worker.backends.modelfile import resolve_model
 DEMO_USER = "demo"
 DEMO_OPERATOR = "demo-operator"
 DEMO_CREDITS = 10_000  # $100 of credits
+EMBEDDING_NAME = "all-minilm-l6-v2"
 DEMO_NAMES = {
     "peer-mixtral": "Demo name from the concept paper; served by the built-in Gemma 3 270M, not Mixtral.",
     "gemma-3-270m": "Gemma 3 270M (Q4_K_M GGUF), the built-in model of the bundled agent.",
@@ -28,6 +30,7 @@ class DemoFleet:
     worker_tokens: list[tuple[str, str]]  # (worker name, one-time token)
     model_id: str
     model_digest: str
+    embedding_model: str | None = None  # the public name, when the MiniLM packages are installed
 
 
 def catalogue_seed_builtin() -> tuple[str, str, str]:
@@ -40,10 +43,29 @@ def catalogue_seed_builtin() -> tuple[str, str, str]:
     return model.id, model.digest, str(model.path)
 
 
+def catalogue_seed_embeddings() -> tuple[str, str, str] | None:
+    """Map EMBEDDING_NAME to the agent's MiniLM backend, with the digest of its weights and the
+    tokenizer.json the node counts tokens with; returns (public name, id, digest), or None when
+    the backend's packages are not installed (then no agent announces it either)."""
+    from worker.backends import minilm
+
+    if not minilm.available():
+        return None
+    info = minilm.model_info()
+    _, tokenizer = minilm.model_files()
+    CatalogueModel.objects.update_or_create(name=EMBEDDING_NAME, defaults={
+        "served_model": info.id, "digests": [info.digest], "kind": CatalogueModel.Kind.EMBEDDING,
+        "dimensions": minilm.DIMENSIONS, "context_length": minilm.MAX_TOKENS,
+        "tokenizer_path": str(tokenizer), "active": True,
+        "description": "all-MiniLM-L6-v2 (sentence-transformers), int8 ONNX: 384-dimensional unit vectors."})
+    return EMBEDDING_NAME, info.id, info.digest
+
+
 def demo_seed(*, agents: int) -> DemoFleet:
     """Idempotent: reuses the demo users and workers, tops credits up, and rotates the demo
     key and worker tokens (only their hashes are stored, so a new run needs new ones)."""
     model_id, digest, _ = catalogue_seed_builtin()
+    embeddings = catalogue_seed_embeddings()
     buyer = user_get_or_create(username=DEMO_USER)
     missing = credits_to_micro(DEMO_CREDITS) - balance_get(user=buyer)
     if missing > 0:
@@ -62,7 +84,8 @@ def demo_seed(*, agents: int) -> DemoFleet:
                 token = worker_token_rotate(worker_id=worker.id)
         _bond_up(worker)
         tokens.append((name, token))
-    return DemoFleet(api_key=raw_key, worker_tokens=tokens, model_id=model_id, model_digest=digest)
+    return DemoFleet(api_key=raw_key, worker_tokens=tokens, model_id=model_id, model_digest=digest,
+                     embedding_model=embeddings[0] if embeddings else None)
 
 
 

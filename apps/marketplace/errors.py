@@ -4,7 +4,7 @@ from django.http import JsonResponse
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
           403: "permission_error", 404: "invalid_request_error", 405: "invalid_request_error",
-          409: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+          409: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
           503: "service_unavailable", 504: "timeout_error"}
 
 

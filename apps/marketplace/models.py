@@ -23,16 +23,22 @@ class Job(models.Model):
         CAPTURED = "captured"
         RELEASED = "released"
 
+    class Kind(models.TextChoices):
+        GENERATION = "generation"  # chat and raw completions: text out
+        EMBEDDING = "embedding"  # /v1/embeddings: one vector per input
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
     public_model = models.CharField(max_length=100)
     served_model = models.CharField(max_length=200)
     model_digest = models.CharField(max_length=100, blank=True)
     tier = models.CharField(max_length=20)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.GENERATION)
     stream = models.BooleanField(default=False)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     messages = models.JSONField(default=list, blank=True, help_text="chat jobs")
     raw_prompt = models.TextField(null=True, blank=True, help_text="completion jobs: run as given")
+    inputs = models.JSONField(default=list, blank=True, help_text="embedding jobs: the texts, in order")
     params = models.JSONField(help_text="max_tokens, temperature, top_p, seed, stop")
     seed = models.BigIntegerField()
     prompt_sha256 = models.CharField(max_length=64)
@@ -41,6 +47,8 @@ class Job(models.Model):
     worker = models.ForeignKey("workers.Worker", null=True, blank=True, on_delete=models.PROTECT,
                                related_name="jobs")
     hold_amount = models.BigIntegerField(help_text="micro-USDC held at the quote")
+    price_ceiling = models.BigIntegerField(default=0, help_text="micro-USDC per token the hold covers")
+    price_per_token = models.BigIntegerField(null=True, blank=True, help_text="the serving worker's offer")
     charged_amount = models.BigIntegerField(null=True, blank=True, help_text="micro-USDC captured")
     hold_state = models.CharField(max_length=10, choices=HoldState.choices, default=HoldState.HELD)
     output_text = models.TextField(blank=True)

@@ -1,10 +1,12 @@
-"""OpenAI-shaped response bodies and SSE chunks for a job, with the `peer` extension object."""
+"""OpenAI-shaped response bodies (completions, embeddings) and SSE chunks for a job, with the
+`peer` extension object."""
 
 import json
 
 from apps.credits.pricing import micro_to_credits_ceil
 
 from .models import Job
+from .vectors import float32_base64
 
 
 def peer_object(job: Job) -> dict:
@@ -86,3 +88,14 @@ def closing_chunk(job: Job) -> bytes:
 
 def usage_chunk(job: Job) -> bytes:
     return sse({**_envelope(job, chunk=True), "choices": [], "usage": usage(job)})
+
+
+def embedding_body(job: Job, vectors: list[list[float]], *, encoding_format: str) -> dict:
+    """OpenAI's embeddings response, one item per input in order, with usage and `peer`."""
+    encode = float32_base64 if encoding_format == "base64" else (lambda vector: vector)
+    return {"object": "list",
+            "data": [{"object": "embedding", "index": index, "embedding": encode(vector)}
+                     for index, vector in enumerate(vectors)],
+            "model": job.public_model,
+            "usage": {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens},
+            "peer": peer_object(job)}

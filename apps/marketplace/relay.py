@@ -13,9 +13,13 @@ from collections.abc import AsyncIterator
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from apps.workers.models import CatalogueModel
-from apps.workers.selectors import tier_has_workers, workers_eligible
+from apps.workers.selectors import tier_has_workers, worker_holds_job, workers_eligible
+from apps.workers.candidates import candidates_for
+from apps.workers.metrics import worker_outcome_record, worker_speed_record
+from apps.workers.routing import RoutePreferences, route_order
 from apps.workers.services import worker_claim, worker_release
 from worker import protocol
 
@@ -25,6 +29,13 @@ from .services import job_complete, job_fail, job_start
 logger = logging.getLogger(__name__)
 ACCEPT_TIMEOUT = 10.0
 ROUTE_POLL_SECONDS = 0.2
+# The channel layer failing under a job: Redis down or restarting (redis-py raises RedisError,
+# sockets OSError). Frames in flight and group memberships may be gone with it.
+LAYER_ERRORS = (OSError, RedisError)
+# After this long without a frame the relay checks that its worker still holds the job: a frame
+# lost with a restarting Redis would otherwise keep the client waiting for PEER_JOB_TIMEOUT.
+SILENCE_CHECK_SECONDS = 2.0
+LAST_FRAME_WAIT = 1.0
 
 
 class JobFailed(Exception):
@@ -38,19 +49,26 @@ def job_group(job_id) -> str:
 
 
 class JobRelay:
-    def __init__(self, *, job: Job, entry: CatalogueModel):
-        self.job, self.entry = job, entry
+    def __init__(self, *, job: Job, entry: CatalogueModel, route: RoutePreferences | None = None):
+        self.job, self.entry, self.route = job, entry, route
+        self.model_id = ""
+        self.assigned_at = self.first_token_at = None
         self.layer = get_channel_layer()
         self.channel = ""
         self.worker_id = None
         self.tried: set = set()
         self.text_parts: list[str] = []
         self.settled = False
+        self.last_worker_error = ""  # why the last worker tried failed, for the client's error
+        self._receiving: asyncio.Future | None = None
 
     async def start(self) -> None:
         """Join the job's group and get the job accepted by a worker, or refund and raise JobFailed."""
         self.channel = await self.layer.new_channel()
-        await self.layer.group_add(job_group(self.job.id), self.channel)
+        try:
+            await self.layer.group_add(job_group(self.job.id), self.channel)
+        except LAYER_ERRORS as exc:
+            await self._link_lost(exc)
         await self._route(deadline=time.monotonic() + settings.PEER_QUEUE_TIMEOUT)
 
     async def deltas(self) -> AsyncIterator[str]:
@@ -60,6 +78,10 @@ class JobRelay:
             frame = await self._next_frame(deadline)
             kind = frame["type"]
             if kind == "job.delta":
+                if frame["seq"] != len(self.text_parts):  # a frame went missing: never relay a gap
+                    await self._link_lost(f"delta {frame['seq']} arrived when {len(self.text_parts)} was due")
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
                 self.text_parts.append(frame["text"])
                 yield frame["text"]
             elif kind == "job.done":
@@ -67,6 +89,7 @@ class JobRelay:
                     job_id=self.job.id, output_text="".join(self.text_parts),
                     finish_reason=frame["finish_reason"], model_digest=frame["model_digest"])
                 self.settled = True
+                await database_sync_to_async(self._record_success)()
                 return
             elif kind == "job.error":
                 await self._on_worker_error(frame)
@@ -87,8 +110,13 @@ class JobRelay:
         self.settled = True
 
     async def close(self) -> None:
+        if self._receiving is not None:
+            self._receiving.cancel()
         if self.channel:
-            await self.layer.group_discard(job_group(self.job.id), self.channel)
+            try:
+                await self.layer.group_discard(job_group(self.job.id), self.channel)
+            except LAYER_ERRORS:  # the membership expires on its own (the layer's group_expiry)
+                logger.warning("job %s: could not leave its group; the channel layer is down", self.job.id)
 
     async def _route(self, *, deadline: float) -> None:
         if not await database_sync_to_async(tier_has_workers)(tier=self.job.tier):
@@ -97,21 +125,23 @@ class JobRelay:
             if await self._try_assign():
                 return
             if time.monotonic() >= deadline:
+                failed = f" after the worker it ran on failed ({self.last_worker_error})" \
+                    if self.last_worker_error else ""
                 await self._fail(503, "no_worker_available",
                                  f"No worker for {self.entry.name} ({self.job.tier}) became free in "
-                                 f"{settings.PEER_QUEUE_TIMEOUT:.0f}s. Your credits were not charged.")
+                                 f"{settings.PEER_QUEUE_TIMEOUT:.0f}s{failed}. Your credits were not charged.")
             await asyncio.sleep(ROUTE_POLL_SECONDS)
 
     async def _try_assign(self) -> bool:
-        candidates = await database_sync_to_async(workers_eligible)(entry=self.entry, tier=self.job.tier)
-        for worker, model in candidates:
+        for worker, model, price in await database_sync_to_async(self._ranked_workers)():
             if worker.id in self.tried or not await database_sync_to_async(worker_claim)(
                     worker_id=worker.id, job_id=self.job.id):
                 continue
             self.tried.add(worker.id)
-            self.worker_id, self.worker_channel = worker.id, worker.channel_name
+            self.worker_id, self.worker_channel, self.model_id = worker.id, worker.channel_name, model["id"]
             await database_sync_to_async(job_start)(job_id=self.job.id, worker_id=worker.id,
-                                                    model_digest=model["digest"])
+                                                    model_digest=model["digest"], price_per_token=price)
+            self.assigned_at = time.monotonic()
             await self._send_to_worker(protocol.job_assign(
                 job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
                 messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
@@ -120,6 +150,7 @@ class JobRelay:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:
                 logger.warning("worker %s did not accept job %s", worker.id, self.job.id)
+                await database_sync_to_async(worker_outcome_record)(worker_id=worker.id, outcome="failed")
                 await database_sync_to_async(worker_release)(worker_id=worker.id, job_id=self.job.id)
                 continue
             if frame["type"] == "job.accepted":
@@ -128,22 +159,78 @@ class JobRelay:
             logger.info("worker %s refused job %s: %s", worker.id, self.job.id, frame.get("code"))
         return False
 
+    def _ranked_workers(self) -> list[tuple]:
+        """Idle eligible workers, best first by the routing score and the client's preferences,
+        each with the price per token it will be charged at."""
+        eligible = workers_eligible(entry=self.entry, tier=self.job.tier)
+        by_id = {str(worker.id): (worker, model) for worker, model in eligible}
+        ranked = route_order(candidates_for(eligible=eligible, public_model=self.entry.name), self.route)
+        return [(*by_id[r.candidate.worker_id], r.candidate.price_per_token) for r in ranked
+                if r.candidate.price_per_token <= self.job.price_ceiling]
+
     async def _next_frame(self, deadline: float, route_on_error: bool = True) -> dict:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if not route_on_error:
                     raise TimeoutError
+                await database_sync_to_async(worker_outcome_record)(worker_id=self.worker_id, outcome="failed")
                 await self._fail(504, "job_timeout", "The worker did not finish in time.")
             try:
-                message = await asyncio.wait_for(self.layer.receive(self.channel), timeout=remaining)
+                message = await self._receive(min(remaining, SILENCE_CHECK_SECONDS) if route_on_error else remaining)
             except TimeoutError:
-                continue
+                if not route_on_error or await database_sync_to_async(worker_holds_job)(
+                        worker_id=self.worker_id, job_id=self.job.id):
+                    continue
+                message = await self._last_frame()
+            except LAYER_ERRORS as exc:
+                await self._link_lost(exc)
             # Frames from a worker this job already left (after a failover) are stale.
             if message.get("worker_id") == str(self.worker_id):
                 return message["frame"]
 
+    async def _receive(self, timeout: float) -> dict:
+        """The next message on the relay's channel. A wait that times out leaves the receive
+        pending for the next call: cancelling channels_redis's receive can drop a message."""
+        if self._receiving is None:
+            self._receiving = asyncio.ensure_future(self.layer.receive(self.channel))
+        done, _ = await asyncio.wait({self._receiving}, timeout=timeout)
+        if not done:
+            raise TimeoutError
+        received, self._receiving = self._receiving, None
+        return received.result()
+
+    async def _last_frame(self) -> dict:
+        """The worker no longer holds the job, yet its last frame has not arrived. Its consumer
+        forwards that frame before letting the worker go, so by now it is in the layer: one short
+        wait for it, else it was lost."""
+        try:
+            return await self._receive(LAST_FRAME_WAIT)
+        except TimeoutError:
+            await self._link_lost("the worker left the job without its last frame reaching the relay")
+        except LAYER_ERRORS as exc:
+            await self._link_lost(exc)
+
+    async def _link_lost(self, why) -> None:
+        """The channel layer failed or lost frames between the worker and this relay: the answer
+        can no longer be relayed faithfully, so the job ends now, refunded, not at its timeout."""
+        logger.warning("job %s: link to worker %s lost: %s", self.job.id, self.worker_id, why)
+        await self._fail(503, "node_unavailable", "The node's link to the worker failed (its message bus was "
+                         "unavailable or lost frames); the whole price was refunded. Retry shortly.")
+
+    def _record_success(self) -> None:
+        done = time.monotonic()
+        ttft = (self.first_token_at - self.assigned_at) * 1000 if self.first_token_at and self.assigned_at else None
+        generating = done - self.first_token_at if self.first_token_at else 0
+        tps = (self.job.completion_tokens or 0) / generating if generating > 0.001 else None
+        worker_speed_record(worker_id=self.worker_id, model_id=self.model_id, ttft_ms=ttft, tokens_per_second=tps)
+        worker_outcome_record(worker_id=self.worker_id, outcome="completed")
+
     async def _on_worker_error(self, frame: dict) -> None:
+        if frame.get("code") != "busy":  # a busy worker did nothing wrong; any other error counts
+            await database_sync_to_async(worker_outcome_record)(worker_id=self.worker_id, outcome="failed")
+            # The worker's own words reach the client only shortened: they are not the node's.
+            self.last_worker_error = f"{frame.get('code')}: {str(frame.get('message'))[:200]}"
         if not self.text_parts:
             # Nothing reached the client yet: move the job to the next worker transparently.
             logger.info("job %s failing over after %s", self.job.id, frame.get("code"))
@@ -153,7 +240,13 @@ class JobRelay:
                          "the whole price was refunded.")
 
     async def _send_to_worker(self, frame: dict) -> None:
-        await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame})
+        try:
+            await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame})
+        except LAYER_ERRORS as exc:
+            if frame["type"] == "job.cancel":  # moot: the agent's link fails with the layer too
+                logger.warning("job %s: cancel not delivered: %s", self.job.id, exc)
+                return
+            await self._link_lost(exc)
 
     async def _fail(self, status: int, code: str, message: str):
         if self.worker_id is not None:  # stop a worker that may still be generating

@@ -1,9 +1,10 @@
-"""Parse and validate OpenAI chat-completion and completion bodies into a ChatRequest. Pure, no I/O."""
+"""Parse and validate OpenAI chat-completion, completion and embedding bodies. Pure, no I/O."""
 
 import json
 import secrets
 from dataclasses import dataclass, field
 
+from apps.workers.routing import RoutePreferences, parse_route
 from worker.prompt import job_prompt
 
 from .errors import ApiError
@@ -28,6 +29,7 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     include_usage: bool = False
     prompt: str | None = None  # set for /v1/completions, which runs a raw prompt
+    route: RoutePreferences = field(default_factory=RoutePreferences)
 
     def prompt_text(self) -> str:
         """What the worker runs: the raw prompt, or the messages in the chat format."""
@@ -136,9 +138,80 @@ def _common(body: dict, default_tier: str, default_max_tokens: int, max_tokens_l
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean.", "stream")
     stream_options = body.get("stream_options") or {}
-    return dict(
+    try:
+        route = parse_route(body.get("peer_route"))
+    except ValueError as exc:
+        raise _bad(str(exc), "peer_route") from None
+    return dict(route=route,
         model=model, tier=tier, stream=stream,
         max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0), seed=seed, stop=stop,
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
     )
+
+
+# --- /v1/embeddings ---------------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the input array
+ENCODING_FORMATS = ("float", "base64")
+
+
+@dataclass
+class EmbeddingRequest:
+    model: str
+    inputs: list[str]
+    tier: str
+    encoding_format: str = "float"
+    dimensions: int | None = None  # checked against the model's own when its entry is known
+    route: RoutePreferences = field(default_factory=RoutePreferences)
+
+
+def _embedding_inputs(raw) -> list[str]:
+    """OpenAI's `input`: a string or an array of strings. Arrays of token ids (which OpenAI also
+    takes) are refused: the ids would be for a tokenizer the served model does not use."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if raw is None:
+        raise _bad("'input' is required: a string or an array of strings.", "input", "missing_required_parameter")
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'input' must be a non-empty string or a non-empty array of strings.", "input")
+    if any(isinstance(item, (int, list)) and not isinstance(item, bool) for item in raw):
+        raise _bad("'input' as token ids is not supported on this network: send the text itself.", "input",
+                   "unsupported_input")
+    if len(raw) > MAX_EMBEDDING_INPUTS:
+        raise _bad(f"At most {MAX_EMBEDDING_INPUTS} inputs per request.", "input")
+    for index, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise _bad(f"input[{index}] must be a string.", "input")
+        if not item:
+            raise _bad(f"input[{index}] is empty; every input must have some text.", "input")
+    return raw
+
+
+def parse_embedding_request(raw_body: bytes, *, default_tier: str) -> EmbeddingRequest:
+    """An OpenAI embeddings body: model, input, encoding_format, dimensions, user; plus peer_tier
+    and peer_route as in chat. Whether the model embeds at all is the caller's check."""
+    body = _json_object(raw_body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required.", "model", "missing_required_parameter")
+    inputs = _embedding_inputs(body.get("input"))
+    tier = body.get("peer_tier", default_tier)
+    if tier not in TIERS:
+        raise _bad(f"'peer_tier' must be one of {', '.join(TIERS)}.", "peer_tier")
+    encoding_format = body.get("encoding_format")
+    encoding_format = "float" if encoding_format is None else encoding_format
+    if encoding_format not in ENCODING_FORMATS:
+        raise _bad("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                   or dimensions < 1):
+        raise _bad("'dimensions' must be a positive integer.", "dimensions")
+    if not isinstance(body.get("user", ""), str):
+        raise _bad("'user' must be a string.", "user")
+    try:
+        route = parse_route(body.get("peer_route"))
+    except ValueError as exc:
+        raise _bad(str(exc), "peer_route") from None
+    return EmbeddingRequest(model=model, inputs=inputs, tier=tier, encoding_format=encoding_format,
+                            dimensions=dimensions, route=route)

@@ -1,8 +1,10 @@
-"""Job writes: create (quote + hold), start, complete (usage, commitment, settle), fail (refund).
+"""Job writes: create (quote + hold), start, complete (usage, commitment, settle), fail (refund);
+for generation jobs and, with their own quote and completion, embedding jobs.
 
 Lock order everywhere: the job row first, then ledger accounts by id (inside ledger_post).
 """
 
+import base64
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -11,13 +13,15 @@ from django.utils import timezone
 
 from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
+from apps.workers.candidates import price_ceiling
 from apps.workers.models import CatalogueModel
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex
 
 from .errors import ApiError
 from .models import Job
-from .requests import ChatRequest
-from .tokens import count_tokens
+from .requests import ChatRequest, EmbeddingRequest
+from .tokens import count_embedding_tokens, count_tokens
+from .vectors import float32_bytes, inputs_text
 
 
 class InsufficientCredits(Exception):
@@ -30,6 +34,7 @@ class InsufficientCredits(Exception):
 class Quote:
     prompt_tokens: int
     amount: int
+    price_ceiling: int
 
 
 def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:
@@ -38,9 +43,10 @@ def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:
         raise ApiError(400, f"This model's context is {entry.context_length} tokens; the messages take "
                        f"{prompt_tokens} and max_tokens asks for {chat.max_tokens}.",
                        param="messages", code="context_length_exceeded")
-    amount = job_price(base=settings.PEER_TIER_BASE_PRICE[chat.tier], per_token=settings.PEER_PRICE_PER_TOKEN,
+    ceiling = price_ceiling(public_model=entry.name, tier=chat.tier, max_price=chat.route.max_price_per_token)
+    amount = job_price(base=settings.PEER_TIER_BASE_PRICE[chat.tier], per_token=ceiling,
                        prompt_tokens=prompt_tokens, completion_tokens=chat.max_tokens)
-    return Quote(prompt_tokens=prompt_tokens, amount=amount)
+    return Quote(prompt_tokens=prompt_tokens, amount=amount, price_ceiling=ceiling)
 
 
 def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
@@ -49,13 +55,21 @@ def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
     Raises InsufficientCredits (nothing written) when the credits do not cover the quote.
     """
     quote = job_quote(chat=chat, entry=entry)
+    return _job_create_held(
+        user=user, quote=quote, public_model=entry.name, served_model=entry.served_model, tier=chat.tier,
+        stream=chat.stream, messages=chat.messages, raw_prompt=chat.prompt, params=chat.params(),
+        seed=chat.seed, prompt_sha256=sha256_hex(chat.prompt_text()))
+
+
+def _job_create_held(*, user, quote: Quote, **fields) -> Job:
+    """Create the job and hold its quote in one durable transaction (locks the user's accounts).
+    Raises InsufficientCredits, with nothing written, when the credits do not cover it."""
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
         job = Job.objects.create(
-            user=user, public_model=entry.name, served_model=entry.served_model, tier=chat.tier,
-            stream=chat.stream, messages=chat.messages, raw_prompt=chat.prompt, params=chat.params(),
-            seed=chat.seed, prompt_sha256=sha256_hex(chat.prompt_text()), prompt_tokens=quote.prompt_tokens,
-            hold_amount=quote.amount, deadline_at=timezone.now() + timezone.timedelta(seconds=budget))
+            user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
+            price_ceiling=quote.price_ceiling, deadline_at=timezone.now() + timezone.timedelta(seconds=budget),
+            **fields)
         try:
             credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference)
         except InsufficientFunds as exc:
@@ -64,10 +78,11 @@ def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
     return job
 
 
-def job_start(*, job_id, worker_id, model_digest: str) -> bool:
-    """Record the worker now running the job (again, after a failover). False if the job ended."""
-    return Job.objects.filter(id=job_id, hold_state=Job.HoldState.HELD).update(
-        status=Job.Status.RUNNING, worker_id=worker_id, model_digest=model_digest,
+def job_start(*, job_id, worker_id, model_digest: str, price_per_token: int) -> bool:
+    """Record the worker now running the job (again, after a failover) and the price per token
+    it charges (never above the job's price ceiling). False if the job ended."""
+    return Job.objects.filter(id=job_id, hold_state=Job.HoldState.HELD, price_ceiling__gte=price_per_token).update(
+        status=Job.Status.RUNNING, worker_id=worker_id, model_digest=model_digest, price_per_token=price_per_token,
         started_at=timezone.now()) == 1
 
 
@@ -82,7 +97,7 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
                                                    tokenizer_path=entry.tokenizer_path if entry else "")
     completion_tokens = min(completion_tokens, job.params["max_tokens"])
     charge = min(job.hold_amount, job_price(
-        base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=settings.PEER_PRICE_PER_TOKEN,
+        base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
         prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
     inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
                                params=job.params, prompt=job.prompt_text(), output=output_text)
@@ -125,3 +140,76 @@ def jobs_reap_stale() -> int:
         if job_fail(job_id=job_id, code="timeout", message="The job passed its deadline.").error_code == "timeout":
             count += 1
     return count
+
+
+# --- Embedding jobs ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EmbeddingQuote(Quote):
+    usage_source: str = "tokenizer"
+
+
+def embedding_quote(*, embedding: EmbeddingRequest, entry: CatalogueModel) -> EmbeddingQuote:
+    """The price of embedding every input: the tier's base plus the dearest offer per token of
+    the inputs' tokens, counted here with the model's tokenizer. 400 for what the model cannot do."""
+    if entry.kind != CatalogueModel.Kind.EMBEDDING:
+        raise ApiError(400, f"{entry.name} is a chat model; /v1/embeddings needs an embedding model "
+                       "(GET /v1/models shows each model's kind).", param="model", code="unsupported_model")
+    if embedding.dimensions is not None and embedding.dimensions != entry.dimensions:
+        # MiniLM was not trained to be truncated (as Matryoshka models are): a shorter vector
+        # would be a different, worse embedding, so only the model's own length is served.
+        raise ApiError(400, f"{entry.name} returns {entry.dimensions}-dimensional vectors and cannot "
+                       f"shorten them; omit 'dimensions' or send {entry.dimensions}.",
+                       param="dimensions", code="unsupported_dimensions")
+    counted = count_embedding_tokens(embedding.inputs, tokenizer_path=entry.tokenizer_path)
+    room = entry.context_length - counted.special
+    for index, tokens in enumerate(counted.tokens):
+        if tokens > room:
+            raise ApiError(400, f"input[{index}] is {tokens} tokens; {entry.name} reads at most {room} "
+                           f"tokens of text per input. Split the text; nothing is cut silently.",
+                           param="input", code="context_length_exceeded")
+    prompt_tokens = sum(counted.tokens)
+    ceiling = price_ceiling(public_model=entry.name, tier=embedding.tier,
+                            max_price=embedding.route.max_price_per_token)
+    amount = job_price(base=settings.PEER_TIER_BASE_PRICE[embedding.tier], per_token=ceiling,
+                       prompt_tokens=prompt_tokens, completion_tokens=0)
+    return EmbeddingQuote(prompt_tokens=prompt_tokens, amount=amount, price_ceiling=ceiling,
+                          usage_source=counted.source)
+
+
+def embed_job_create(*, user, embedding: EmbeddingRequest, entry: CatalogueModel) -> Job:
+    """Quote the embedding job and hold its price, atomically; see _job_create_held."""
+    quote = embedding_quote(embedding=embedding, entry=entry)
+    return _job_create_held(
+        user=user, quote=quote, kind=Job.Kind.EMBEDDING, public_model=entry.name,
+        served_model=entry.served_model, tier=embedding.tier, inputs=embedding.inputs,
+        params={"usage_source": quote.usage_source}, seed=0,
+        prompt_sha256=sha256_hex(inputs_text(embedding.inputs)))
+
+
+def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str) -> Job:
+    """Capture the price for the node's token count at the serving worker's offer, release the
+    rest, and commit to the vectors. Locks the job row, then the ledger accounts; a no-op on a
+    job already settled. The vectors are not stored: the commitment hashes them."""
+    job = Job.objects.get(id=job_id)
+    charge = min(job.hold_amount, job_price(
+        base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
+        prompt_tokens=job.prompt_tokens, completion_tokens=0))
+    # The output is the base64 of the float32 vectors: exact, where printed decimals are not.
+    output = base64.b64encode(float32_bytes(vectors)).decode("ascii")
+    inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
+                               params={}, prompt=inputs_text(job.inputs), output=output)
+    with transaction.atomic(durable=True):
+        job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
+        if job.hold_state != Job.HoldState.HELD:
+            return job
+        credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
+                                 worker=job.worker, reference=job.reference)
+        job.status, job.hold_state, job.charged_amount = Job.Status.COMPLETED, Job.HoldState.CAPTURED, charge
+        job.completion_tokens, job.finish_reason, job.model_digest = 0, "stop", model_digest
+        job.commitment = {"inputs": inputs, "hash": commitment_hash(inputs),
+                          "usage_source": job.params.get("usage_source")}
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "hold_state", "charged_amount", "completion_tokens",
+                                "finish_reason", "model_digest", "commitment", "finished_at"])
+    return job

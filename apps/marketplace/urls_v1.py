@@ -6,4 +6,5 @@ urlpatterns = [
     path("models", views_v1.models_list, name="v1-models"),
     path("chat/completions", views_v1.chat_completions, name="v1-chat-completions"),
     path("completions", views_v1.completions, name="v1-completions"),
+    path("embeddings", views_v1.embeddings, name="v1-embeddings"),
 ]

@@ -5,6 +5,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -13,11 +14,12 @@ from apps.credits.pricing import micro_to_credits_ceil
 from apps.credits.x402 import PAYMENT_HEADER, PaymentRejected, payment_required, x402_settle_to_credits
 
 from . import presenters
+from .embeddings import EmbedRelay
 from .errors import ApiError
 from .relay import JobFailed, JobRelay
-from .requests import parse_chat_request, parse_completion_request
-from .selectors import catalogue_get, models_listing
-from .services import InsufficientCredits, job_create
+from .requests import parse_chat_request, parse_completion_request, parse_embedding_request
+from .selectors import catalogue_get, jobs_waiting_count, models_listing
+from .services import InsufficientCredits, embed_job_create, job_create
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +71,18 @@ async def _run_job(request, parse):
     user = await _authenticate(request)
     chat = parse(request.body, default_tier=settings.PEER_DEFAULT_TIER,
                  default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
-    entry = await database_sync_to_async(catalogue_get)(name=chat.model)
-    if entry is None:
-        raise ApiError(404, f"The model '{chat.model}' does not exist on this network; GET /v1/models "
-                       "lists them.", param="model", code="model_not_found")
-    job, settlement = await _create_paid_job(request, user=user, chat=chat, entry=entry)
-    relay = JobRelay(job=job, entry=entry)
+    entry = await _catalogue_entry(chat.model, tier=chat.tier)
+    if entry.kind != "chat":
+        raise ApiError(400, f"{entry.name} is an embedding model: use POST /v1/embeddings.", param="model",
+                       code="unsupported_model")
+    job, settlement = await _create_paid_job(request, create=job_create, user=user, chat=chat, entry=entry)
+    relay = JobRelay(job=job, entry=entry, route=chat.route)
     try:
         await relay.start()
     except JobFailed as exc:
         await relay.close()
-        raise ApiError(exc.status, exc.message, code=exc.code) from None
+        retry = {"Retry-After": str(int(settings.PEER_QUEUE_TIMEOUT))} if exc.status == 503 else {}
+        raise ApiError(exc.status, exc.message, code=exc.code, headers=retry) from None
     if chat.stream:
         response = StreamingHttpResponse(_stream(relay, include_usage=chat.include_usage),
                                          content_type="text/event-stream")
@@ -89,8 +92,9 @@ async def _run_job(request, parse):
     try:
         async for _ in relay.deltas():
             pass
-    except JobFailed as exc:
-        raise ApiError(exc.status, exc.message, code=exc.code) from None
+    except JobFailed as exc:  # e.g. a failover that found no other worker: a 503 as above
+        retry = {"Retry-After": str(int(settings.PEER_QUEUE_TIMEOUT))} if exc.status == 503 else {}
+        raise ApiError(exc.status, exc.message, code=exc.code, headers=retry) from None
     finally:
         if not relay.settled:  # the client went away while we waited
             await relay.abort("client closed the connection")
@@ -98,11 +102,53 @@ async def _run_job(request, parse):
     return _with_settlement(JsonResponse(presenters.completion_body(relay.job)), settlement)
 
 
-async def _create_paid_job(request, *, user, chat, entry):
-    """Hold the job's price from credits; when they do not cover it, settle the x402 payment the
-    request carries (crediting the caller) and try once more, or answer 402."""
+@_api_errors
+async def embeddings(request):
+    """One vector per input, in order, from a worker serving the embedding model; settled like chat."""
+    if request.method != "POST":
+        raise ApiError(405, "Use POST.", code="method_not_allowed")
+    user = await _authenticate(request)
+    embedding = parse_embedding_request(_body(request), default_tier=settings.PEER_DEFAULT_TIER)
+    entry = await _catalogue_entry(embedding.model, tier=embedding.tier)
+    job, settlement = await _create_paid_job(request, create=embed_job_create, user=user, embedding=embedding,
+                                             entry=entry)
+    relay = EmbedRelay(job=job, entry=entry, route=embedding.route)
     try:
-        return await database_sync_to_async(job_create)(user=user, chat=chat, entry=entry), None
+        vectors = await relay.run()
+    except JobFailed as exc:
+        retry = {"Retry-After": str(int(settings.PEER_QUEUE_TIMEOUT))} if exc.status == 503 else {}
+        raise ApiError(exc.status, exc.message, code=exc.code, headers=retry) from None
+    body = presenters.embedding_body(relay.job, vectors, encoding_format=embedding.encoding_format)
+    return _with_settlement(JsonResponse(body), settlement)
+
+
+def _body(request) -> bytes:
+    try:
+        return request.body
+    except RequestDataTooBig:  # 2,048 long inputs can pass Django's cap; say so in OpenAI's shape
+        raise ApiError(413, f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes: send "
+                       "fewer or shorter inputs per request.", code="request_too_large") from None
+
+
+async def _catalogue_entry(name: str, *, tier: str):
+    """The active catalogue entry called `name` (404 if none), if its queue has room (429 if not)."""
+    entry = await database_sync_to_async(catalogue_get)(name=name)
+    if entry is None:
+        raise ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models "
+                       "lists them.", param="model", code="model_not_found")
+    if await database_sync_to_async(jobs_waiting_count)(public_model=entry.name, tier=tier) >= \
+            settings.PEER_QUEUE_LIMIT:
+        raise ApiError(429, f"{entry.name} ({tier}) has {settings.PEER_QUEUE_LIMIT} requests waiting for a "
+                       "worker; retry shortly.", code="queue_full", headers={"Retry-After": "5"})
+    return entry
+
+
+async def _create_paid_job(request, *, create, **job):
+    """Hold the job's price from credits (`create(**job)`: job_create or embed_job_create); when
+    they do not cover it, settle the x402 payment the request carries (crediting the caller) and
+    try once more, or answer 402."""
+    try:
+        return await database_sync_to_async(create)(**job), None
     except InsufficientCredits as exc:
         shortfall = exc
     payment = request.headers.get(PAYMENT_HEADER)
@@ -112,11 +158,11 @@ async def _create_paid_job(request, *, user, chat, entry):
                                 f"{micro_to_credits_ceil(shortfall.price)} credits.")
     try:
         settlement = await database_sync_to_async(x402_settle_to_credits)(
-            user=user, header_value=payment, price_micro=shortfall.price)
+            user=job["user"], header_value=payment, price_micro=shortfall.price)
     except PaymentRejected as rejected:
         raise _payment_required(request, shortfall, f"payment_{rejected.reason}", rejected.message) from None
     try:
-        return await database_sync_to_async(job_create)(user=user, chat=chat, entry=entry), settlement
+        return await database_sync_to_async(create)(**job), settlement
     except InsufficientCredits as exc:  # spent by a concurrent request meanwhile: the payment stays as credits
         raise _payment_required(request, exc, "insufficient_credits", "The payment was credited to your "
                                 "account, but a concurrent request spent it; retry.") from None

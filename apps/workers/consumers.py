@@ -6,6 +6,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from worker import protocol
 
@@ -14,6 +15,8 @@ from .services import WorkerAuthError, worker_connect, worker_disconnect, worker
 logger = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 _CLOSE_CODES = {"bad_token": protocol.CLOSE_BAD_TOKEN, "revoked": protocol.CLOSE_REVOKED}
+# The channel layer failing under a link: Redis down or restarting (as relay.LAYER_ERRORS).
+_LAYER_ERRORS = (OSError, RedisError)
 
 
 class AgentConsumer(AsyncJsonWebsocketConsumer):
@@ -24,6 +27,23 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
     """
 
     worker_id = None
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        except _LAYER_ERRORS as exc:
+            # Channels ends a consumer whose layer fails without calling disconnect(), and daphne
+            # would leave the socket open: offline the worker here (nothing is routed to a dead
+            # link) and close, so the agent reconnects and says hello once the layer is back.
+            if self.worker_id is not None:
+                await self.disconnect(None)
+            await self._drop("node_unavailable", f"The node's channel layer failed ({exc}); reconnect.", close_code=1000)
+        except asyncio.CancelledError:
+            # daphne stopping (a deploy, a scale-in) cancels every link without a disconnect and
+            # waits for it: offline the worker and fail its job over before this process goes.
+            if self.worker_id is not None:
+                await self.disconnect(None)
+            raise
 
     async def connect(self):
         self.jobs: set[str] = set()
@@ -60,7 +80,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
                              f"this node speaks {protocol.PROTOCOL_VERSION}")
             return
         try:
-            worker, replaced = await database_sync_to_async(worker_connect)(
+            worker, replaced, stranded_job = await database_sync_to_async(worker_connect)(
                 raw_token=frame["token"], hello=frame, channel_name=self.channel_name)
         except WorkerAuthError as exc:
             await self._drop(exc.code, str(exc), close_code=_CLOSE_CODES[exc.code])
@@ -69,6 +89,11 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         self.worker_id = worker.id
         if replaced and replaced != self.channel_name:
             await self.channel_layer.send(replaced, {"type": "agent.replaced"})
+        if stranded_job:
+            # The old link's node process may be dead (killed, no disconnect handler ran), with
+            # the job's relay on another node still waiting: tell it here. If the old link is
+            # alive it says the same; the relay ignores a second notice from a worker it left.
+            await self._fail_jobs({str(stranded_job)}, "The worker's agent reconnected; the job it held was lost.")
         logger.info("worker %s (%s) online with %s", worker.name, worker.id,
                     [m["id"] for m in frame["models"]])
         await self.send_json(protocol.welcome(worker_id=str(worker.id),
@@ -80,14 +105,16 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             return  # a late frame for a job this node already cancelled or never sent
         await self.channel_layer.group_send(
             f"job.{job_id}", {"type": "job.frame", "worker_id": str(self.worker_id), "frame": frame})
-        if frame["type"] in ("job.done", "job.error"):
+        if frame["type"] in ("job.done", "job.error", "embed.done"):
             self.jobs.discard(job_id)
+        # An embedding job keeps its worker across its chunks: its relay releases it at the end.
+        if frame["type"] in ("job.done", "job.error"):
             await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=job_id)
 
     async def agent_send(self, event):
-        """A frame from the node (job.assign, job.cancel) for this agent."""
+        """A frame from the node (job.assign, embed.assign, job.cancel) for this agent."""
         frame = event["frame"]
-        if frame["type"] == "job.assign":
+        if frame["type"] in ("job.assign", "embed.assign"):
             self.jobs.add(frame["job_id"])
         await self.send_json(frame)
 
@@ -97,6 +124,17 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         self.jobs.clear()
         await self._drop("replaced", "Another agent connected with this worker's token.",
                          close_code=protocol.CLOSE_REPLACED)
+
+    async def agent_revoked(self, event):
+        """The operator revoked this worker's token or rotated it: this link ends now. The worker
+        goes offline at once (not at the close handshake), so its job fails over right away."""
+        job_id = await database_sync_to_async(worker_disconnect)(worker_id=self.worker_id,
+                                                                 channel_name=self.channel_name)
+        await self._fail_jobs(self.jobs | ({str(job_id)} if job_id else set()),
+                              "The worker's token was revoked.")
+        self.jobs.clear()
+        await self._drop("revoked", event.get("message") or "This worker's token was revoked.",
+                         close_code=protocol.CLOSE_REVOKED)
 
     async def _drop(self, code: str, message: str, close_code: int = protocol.CLOSE_PROTOCOL_ERROR):
         logger.warning("dropping agent link (worker %s): %s: %s", self.worker_id, code, message)
@@ -117,7 +155,10 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
     async def _fail_jobs(self, job_ids, message: str):
         """Tell each job's relay its worker is gone (it fails over or refunds)."""
         for open_job in job_ids:
-            await self.channel_layer.group_send(f"job.{open_job}", {
-                "type": "job.frame", "worker_id": str(self.worker_id),
-                "frame": {"type": "job.error", "job_id": open_job, "code": "worker_disconnected",
-                          "message": message}})
+            try:
+                await self.channel_layer.group_send(f"job.{open_job}", {
+                    "type": "job.frame", "worker_id": str(self.worker_id),
+                    "frame": {"type": "job.error", "job_id": open_job, "code": "worker_disconnected",
+                              "message": message}})
+            except _LAYER_ERRORS:  # the relay sees its worker offline and ends the job itself
+                logger.warning("could not tell job %s its worker %s is gone", open_job, self.worker_id)

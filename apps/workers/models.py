@@ -30,8 +30,18 @@ class Worker(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_job_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Reputation (0..1) from outcomes, decaying toward 0.5 when idle: see apps/workers/metrics.py.
+    reputation = models.FloatField(default=0.5)
+    reputation_updated_at = models.DateTimeField(null=True, blank=True)
+    jobs_completed = models.PositiveIntegerField(default=0)
+    jobs_failed = models.PositiveIntegerField(default=0)
     payout_address = models.CharField(max_length=64, blank=True,
                                       help_text="Solana wallet that receives this worker's USDC earnings.")
+    # Set by the operator (the agent's own `hardware` report above is overwritten on each hello).
+    hardware_description = models.CharField(max_length=300, blank=True)
+    offers = models.JSONField(default=dict, blank=True, help_text=(
+        'The operator\'s asking prices: {"<public model name>": {"price_per_token": <micro-USDC>}}; '
+        "a model not listed is served at the node's default price."))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -41,23 +51,48 @@ class Worker(models.Model):
         return f"{self.name} ({self.id})"
 
 
+class WorkerModelStats(models.Model):
+    """Speed the node measured while relaying a worker's jobs for one model (EWMA)."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="model_stats")
+    model_id = models.CharField(max_length=200)
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="time to first token, EWMA")
+    tokens_per_second = models.FloatField(null=True, blank=True, help_text="after the first token, EWMA")
+    samples = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["worker", "model_id"], name="one_stats_row_per_worker_model")]
+
+
 class CatalogueModel(models.Model):
     """A public model name and the served model behind it, so nobody is misled about what ran."""
+
+    class Kind(models.TextChoices):
+        CHAT = "chat"  # /v1/chat/completions and /v1/completions
+        EMBEDDING = "embedding"  # /v1/embeddings
 
     name = models.CharField(max_length=100, unique=True, help_text="Public name, e.g. peer-mixtral.")
     served_model = models.CharField(max_length=200, help_text="Model id an agent reports, e.g. gemma-3-270m-q4_k_m.")
     digests = models.JSONField(default=list, help_text="Accepted sha256 digests of the weights.")
     description = models.CharField(max_length=300, blank=True)
     context_length = models.PositiveIntegerField(default=2048)
-    tokenizer_path = models.CharField(max_length=500, blank=True,
-                                      help_text="A local GGUF with this model's vocabulary, for counting tokens.")
+    tokenizer_path = models.CharField(max_length=500, blank=True, help_text=(
+        "For counting tokens: a local GGUF with a chat model's vocabulary, or an embedding model's "
+        "tokenizer.json (Hugging Face tokenizers)."))
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CHAT,
+                            help_text="Which endpoints serve it; agents announce the same kind per model.")
+    dimensions = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="Embedding models: the length of each vector.")
     active = models.BooleanField(default=True)
 
     def __str__(self) -> str:
         return f"{self.name} -> {self.served_model}"
 
     def is_served_by(self, model: dict) -> bool:
-        return model.get("id") == self.served_model and model.get("digest") in self.digests
+        # An agent's model without a kind is a chat model (agents from before embeddings).
+        return (model.get("id") == self.served_model and model.get("digest") in self.digests
+                and model.get("kind", self.Kind.CHAT) == self.kind)
 
 
 class WorkerPayout(models.Model):

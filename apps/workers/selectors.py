@@ -1,3 +1,9 @@
+import shlex
+
+from django.conf import settings
+
+from apps.credits.models import LedgerAccount
+
 from .models import CatalogueModel, Worker
 
 
@@ -36,6 +42,12 @@ def tier_has_workers(*, tier: str) -> bool:
                Worker.objects.filter(revoked_at__isnull=True).values_list("tiers", flat=True))
 
 
+def worker_holds_job(*, worker_id, job_id) -> bool:
+    """Whether the worker is still claimed for the job (its consumer releases it after the
+    job's last frame, and offlines it when its link drops)."""
+    return Worker.objects.filter(id=worker_id, current_job_id=job_id).exists()
+
+
 def workers_online_count() -> int:
     return Worker.objects.exclude(status=Worker.Status.OFFLINE).count()
 
@@ -45,3 +57,66 @@ def workers_serving_count(*, entry: CatalogueModel) -> int:
     return sum(1 for models in Worker.objects.exclude(status=Worker.Status.OFFLINE)
                .filter(revoked_at__isnull=True).values_list("models_served", flat=True)
                if any(entry.is_served_by(m) for m in models))
+
+
+def model_price_ranges(*, entry: CatalogueModel) -> dict[str, dict]:
+    """Per tier, the lowest and highest per-token price asked by the connected workers that serve
+    the model (micro-USDC), and how many there are: what /v1/models shows a buyer. A tier no
+    connected worker serves is absent."""
+    from .candidates import worker_price_per_token
+
+    ranges: dict[str, dict] = {}
+    for worker in Worker.objects.exclude(status=Worker.Status.OFFLINE).filter(revoked_at__isnull=True):
+        if not any(entry.is_served_by(m) for m in worker.models_served):
+            continue
+        price = worker_price_per_token(worker, entry.name)
+        for tier in worker.tiers:
+            found = ranges.setdefault(tier, {"min_price_per_token": price, "max_price_per_token": price,
+                                             "workers": 0})
+            found["min_price_per_token"] = min(found["min_price_per_token"], price)
+            found["max_price_per_token"] = max(found["max_price_per_token"], price)
+            found["workers"] += 1
+    return ranges
+
+
+# --- Operator onboarding reads ---------------------------------------------------------------
+
+def workers_of_operator(*, operator):
+    return Worker.objects.filter(operator=operator).order_by("created_at")
+
+
+def worker_of_operator(*, operator, worker_id) -> Worker | None:
+    """The operator's own worker, or None: another operator's worker is as good as missing."""
+    return Worker.objects.filter(operator=operator, id=worker_id).first()
+
+
+def worker_link_state(worker: Worker) -> str:
+    """What the operator sees: revoked, offline, or online and idle or busy."""
+    if worker.revoked_at is not None:
+        return "revoked"
+    return worker.status if worker.status != Worker.Status.OFFLINE else "offline"
+
+
+def worker_jobs_recent(*, worker: Worker, limit: int = 50):
+    """Jobs that ran (or last ran, after a failover) on the worker, newest first."""
+    return worker.jobs.order_by("-created_at")[:limit]
+
+
+def worker_earnings_get(*, worker: Worker) -> int:
+    """micro-USDC earned and not yet paid out (the worker's ledger account; reads create nothing)."""
+    return LedgerAccount.objects.filter(code=f"worker:{worker.pk}:USDC").values_list(
+        "balance", flat=True).first() or 0
+
+
+def worker_payouts_recent(*, worker: Worker, limit: int = 20):
+    return worker.payouts.order_by("-created_at")[:limit]
+
+
+def node_url() -> str:
+    """The URL agents connect to (SITE_URL): what an operator passes as --server."""
+    return settings.SITE_URL.rstrip("/")
+
+
+def agent_command(*, raw_token: str) -> str:
+    """The exact command that starts the agent for a worker with this token."""
+    return f"python -m worker --server {shlex.quote(node_url())} --token {shlex.quote(raw_token)}"

@@ -3,10 +3,13 @@
 import hashlib
 import secrets
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.db import transaction
 from django.utils import timezone
+from solders.pubkey import Pubkey
 
-from .models import TIERS, Worker
+from .models import TIERS, CatalogueModel, Worker
 
 TOKEN_PREFIX = "pcw_"
 
@@ -40,9 +43,10 @@ def worker_token_rotate(*, worker_id) -> str:
     return raw_token
 
 
-def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[Worker, str]:
-    """Bring a worker online on this agent link; returns it and the channel of the link it
-    replaced ("" if none): a newer link with the same token replaces an older one."""
+def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[Worker, str, object]:
+    """Bring a worker online on this agent link; returns it, the channel of the link it replaced
+    ("" if none: a newer link with the same token replaces an older one) and the job that link
+    still held (None if none): that link's node process may have died without telling the job."""
     worker = Worker.objects.filter(token_hash=worker_token_hash(raw_token)).first()
     if worker is None:
         raise WorkerAuthError("bad_token", "Unknown worker token.")
@@ -50,13 +54,20 @@ def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[W
         raise WorkerAuthError("revoked", "This worker's token was revoked.")
     now = timezone.now()
     with transaction.atomic():
-        previous = Worker.objects.select_for_update().values_list("channel_name", flat=True).get(id=worker.id)
+        # Checked again under the row lock: a revocation or rotation that committed since the
+        # lookup above has already sent its disconnect to the previous link, not to this one.
+        previous, token_hash, revoked_at, stranded_job = Worker.objects.select_for_update().values_list(
+            "channel_name", "token_hash", "revoked_at", "current_job_id").get(id=worker.id)
+        if revoked_at is not None:
+            raise WorkerAuthError("revoked", "This worker's token was revoked.")
+        if token_hash != worker.token_hash:
+            raise WorkerAuthError("bad_token", "This worker's token was replaced by a new one.")
         Worker.objects.filter(id=worker.id).update(
             status=Worker.Status.IDLE, channel_name=channel_name, current_job_id=None,
             models_served=hello["models"], hardware=hello.get("hardware") or {},
             agent_version=hello["agent_version"][:40], connected_at=now, last_seen_at=now)
     worker.refresh_from_db()
-    return worker, previous
+    return worker, previous, stranded_job
 
 
 def worker_disconnect(*, worker_id, channel_name: str):
@@ -98,3 +109,167 @@ def workers_reap_silent(*, silence_seconds: float) -> list:
                  .values_list("id", "channel_name"))
     return [job for worker_id, channel in stale
             if (job := worker_disconnect(worker_id=worker_id, channel_name=channel))]
+
+
+# --- Operator onboarding: the checked writes behind /operator/ and /api/workers/ ---------------
+
+OPERATOR_TIERS = ("open", "verified")  # confidential needs an attested enclave (issue 6)
+# micro-USDC per token (1 credit a token, 100x the default price): a quote holds for the dearest
+# offer of the model, so one absurd price would price every client out.
+MAX_PRICE_PER_TOKEN = 10_000
+
+
+class WorkerInputError(ValueError):
+    """Operator input that breaks a rule; `errors` maps each field to what is wrong with it."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+def check_worker_name(name) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise WorkerInputError({"name": "A name is required."})
+    if len(name.strip()) > 100:
+        raise WorkerInputError({"name": "At most 100 characters."})
+    return name.strip()
+
+
+def check_hardware_description(text) -> str:
+    if not isinstance(text, str):
+        raise WorkerInputError({"hardware_description": "A text, e.g. \"RTX 4090, 24 GB, 64 GB RAM\"."})
+    if len(text.strip()) > 300:
+        raise WorkerInputError({"hardware_description": "At most 300 characters."})
+    return text.strip()
+
+
+def check_operator_tiers(tiers) -> list[str]:
+    """The tiers an operator may choose: open and verified (which also needs a bond to be routed)."""
+    if not isinstance(tiers, list | tuple) or not tiers or not all(isinstance(t, str) for t in tiers):
+        raise WorkerInputError({"tiers": f"Choose at least one tier of: {', '.join(OPERATOR_TIERS)}."})
+    for tier in tiers:
+        if tier == "confidential":
+            raise WorkerInputError({"tiers": "The confidential tier needs an attested enclave (TEE); "
+                                             "workers cannot register for it yet."})
+        if tier not in OPERATOR_TIERS:
+            raise WorkerInputError({"tiers": f"Unknown tier {tier!r}: choose from {', '.join(OPERATOR_TIERS)}."})
+    return [tier for tier in OPERATOR_TIERS if tier in tiers]
+
+
+def check_offers(offers) -> dict:
+    """{"<public model name>": {"price_per_token": <whole micro-USDC, 0..MAX_PRICE_PER_TOKEN>}},
+    names from the active catalogue."""
+    example = '{"peer-mixtral": {"price_per_token": 100}}'
+    if not isinstance(offers, dict):
+        raise WorkerInputError({"offers": f"An object of public model name to price, e.g. {example}."})
+    known = set(CatalogueModel.objects.filter(active=True).values_list("name", flat=True))
+    checked = {}
+    for name, offer in offers.items():
+        if name not in known:
+            raise WorkerInputError({"offers": f"Unknown model {name!r}; the catalogue has: "
+                                              f"{', '.join(sorted(known)) or 'no models'}."})
+        if not isinstance(offer, dict) or set(offer) != {"price_per_token"}:
+            raise WorkerInputError({"offers": f"{name}: give exactly a price_per_token, e.g. {example}."})
+        price = offer["price_per_token"]
+        # bool is an int in Python, and a float (even 100.0) would be silently truncated: both refused.
+        if isinstance(price, bool) or not isinstance(price, int):
+            raise WorkerInputError({"offers": f"{name}: price_per_token must be a whole number of micro-USDC."})
+        if price < 0:
+            raise WorkerInputError({"offers": f"{name}: price_per_token must not be negative."})
+        if price > MAX_PRICE_PER_TOKEN:
+            raise WorkerInputError({"offers": f"{name}: price_per_token is at most {MAX_PRICE_PER_TOKEN} "
+                                              "micro-USDC (1 credit a token)."})
+        checked[name] = {"price_per_token": price}
+    return checked
+
+
+def check_payout_address(address) -> str:
+    """A Solana address (base58 of 32 bytes), in canonical form; "" clears it."""
+    if not isinstance(address, str):
+        raise WorkerInputError({"payout_address": "A Solana address (base58) or an empty string."})
+    address = address.strip()
+    if not address:
+        return ""
+    try:
+        key = Pubkey.from_string(address)
+    except ValueError:
+        raise WorkerInputError({"payout_address": "Not a Solana address: expected the base58 form of a "
+                                                  "32-byte public key (32 to 44 characters)."}) from None
+    if key == Pubkey.default() or str(key) != address:
+        raise WorkerInputError({"payout_address": "Not a usable Solana wallet address."})
+    return address
+
+
+def _check_all(**checks) -> dict:
+    """Run every check (a thunk per field) and report all failing fields at once."""
+    values, errors = {}, {}
+    for field, check in checks.items():
+        try:
+            values[field] = check()
+        except WorkerInputError as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise WorkerInputError(errors)
+    return values
+
+
+def worker_onboard(*, operator, name, tiers, hardware_description="", offers=None) -> tuple[Worker, str]:
+    """Check the operator's input, then register the worker; returns it with its one-time token
+    (only the token's hash is stored). Raises WorkerInputError naming each bad field."""
+    values = _check_all(name=lambda: check_worker_name(name), tiers=lambda: check_operator_tiers(tiers),
+                        hardware_description=lambda: check_hardware_description(hardware_description),
+                        offers=lambda: check_offers({} if offers is None else offers))
+    with transaction.atomic():
+        worker, raw_token = worker_register(operator=operator, name=values["name"], tiers=values["tiers"])
+        worker.hardware_description, worker.offers = values["hardware_description"], values["offers"]
+        worker.save(update_fields=["hardware_description", "offers"])
+    return worker, raw_token
+
+
+def worker_update(*, worker: Worker, name=None, hardware_description=None, payout_address=None,
+                  offers=None) -> Worker:
+    """Change what the operator set; None leaves a field as it is ("" clears the payout address).
+    Raises WorkerInputError naming each bad field."""
+    given = {"name": (name, check_worker_name), "hardware_description": (hardware_description,
+             check_hardware_description), "payout_address": (payout_address, check_payout_address),
+             "offers": (offers, check_offers)}
+    changes = _check_all(**{field: (lambda v=value, c=check: c(v))
+                            for field, (value, check) in given.items() if value is not None})
+    for field, value in changes.items():
+        setattr(worker, field, value)
+    if changes:
+        worker.save(update_fields=list(changes))
+    return worker
+
+
+def _disconnect_on_commit(*, channel_name: str, message: str) -> None:
+    """After commit, tell the agent link on `channel_name` to end (AgentConsumer.agent_revoked)."""
+    def send():
+        async_to_sync(get_channel_layer().send)(channel_name, {"type": "agent.revoked", "message": message})
+
+    # robust: the revocation stands even if the layer is down; the token is refused from now on.
+    transaction.on_commit(send, robust=True)
+
+
+def worker_revoke_and_disconnect(*, worker_id) -> bool:
+    """Revoke the worker's token and, after commit, end its agent link: a job in flight fails
+    over as on a drop. Locks the worker row, so a hello in progress either lands first (and is
+    disconnected) or after (and is refused). False if it was already revoked."""
+    with transaction.atomic():
+        channel = Worker.objects.select_for_update().values_list("channel_name", flat=True).get(id=worker_id)
+        revoked = worker_revoke(worker_id=worker_id)
+        if channel:
+            _disconnect_on_commit(channel_name=channel, message="This worker's token was revoked by its operator.")
+    return revoked
+
+
+def worker_token_rotate_and_disconnect(*, worker_id) -> str:
+    """Issue a new token (a revoked worker is reinstated with it) and, after commit, end the link
+    of the agent that used the old one. Locks the worker row as above."""
+    with transaction.atomic():
+        channel = Worker.objects.select_for_update().values_list("channel_name", flat=True).get(id=worker_id)
+        raw_token = worker_token_rotate(worker_id=worker_id)
+        if channel:
+            _disconnect_on_commit(channel_name=channel, message="This worker's token was replaced by a new one; "
+                                                                "restart the agent with the new token.")
+    return raw_token

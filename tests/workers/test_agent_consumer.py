@@ -1,5 +1,6 @@
 """The node's side of the agent link, over the real channel layer (Redis) and PostgreSQL."""
 
+import asyncio
 import json
 import uuid
 
@@ -180,3 +181,20 @@ async def test_a_second_agent_with_the_same_token_replaces_the_first(registered)
     assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.IDLE
     await second.disconnect()
     assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.OFFLINE
+
+
+async def test_a_reconnecting_agent_fails_the_job_its_dead_link_held(registered):
+    """The old link's node process was killed (its disconnect never ran): the worker row still
+    names that link and its job. The new link, on any node, tells the job's relay."""
+    worker, token = registered
+    job_id = str(uuid.uuid4())
+    await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id,
+                                                     channel_name="specific.dead-node!gone")
+    layer, channel = await _listen_to_job(job_id)
+    communicator, _ = await _online(token)
+    message = await asyncio.wait_for(layer.receive(channel), timeout=5)
+    assert message["worker_id"] == str(worker.id)
+    assert message["frame"]["type"] == "job.error" and message["frame"]["code"] == "worker_disconnected"
+    refreshed = await Worker.objects.aget(id=worker.id)
+    assert (refreshed.status, refreshed.current_job_id) == (Worker.Status.IDLE, None)
+    await communicator.disconnect()

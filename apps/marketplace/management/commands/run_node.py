@@ -55,14 +55,19 @@ class Command(BaseCommand):
             threading.Thread(target=self._embedded_beat, daemon=True).start()
             celery_mode = "Celery tasks run inside the node (no REDIS_URL)"
         server = f"http://127.0.0.1:{port}"
+        # Every agent also serves the embedding model when it is installed (so an embedding
+        # request fails over as a chat one does); said outright, so the banner cannot lie.
+        embeddings = "minilm" if fleet.embedding_model else "none"
         for name, token in fleet.worker_tokens:
             self._spawn([python, "-m", "worker", "--server", server, "--token", token,
-                         "--threads", str(agent_threads), "--name", name])
+                         "--threads", str(agent_threads), "--name", name, "--embeddings", embeddings])
         database = "PostgreSQL" if settings.DATABASE_URL else "SQLite (var/peercycles.sqlite3)"
         layer = "Redis" if settings.REDIS_URL else "in-memory"
         self.stdout.write(self.style.SUCCESS(f"\nPeer Cycles node: {server}\n"))
         self.stdout.write(f"  OpenAI base URL  {server}/v1\n  demo API key     {fleet.api_key}\n"
                           f"  model            peer-mixtral -> {fleet.model_id} ({fleet.model_digest[:19]}…)\n"
+                          f"  embeddings       {fleet.embedding_model or 'none (the minilm packages are missing)'}"
+                          " on POST /v1/embeddings\n"
                           f"  services         {database}, {layer} channel layer, {celery_mode}\n"
                           f"  agents           {len(fleet.worker_tokens)} local builtin workers\n\n"
                           f"  curl {server}/v1/chat/completions -H \"authorization: Bearer {fleet.api_key}\" "

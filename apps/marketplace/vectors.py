@@ -1,0 +1,40 @@
+"""Embedding vectors: checking what a worker sent, and the float32 bytes clients and commitments
+use. Pure, no I/O."""
+
+import base64
+import json
+import math
+import struct
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+def inputs_text(inputs: list[str]) -> str:
+    """The texts of an embedding job as one string (canonical JSON): what its prompt hash covers."""
+    return json.dumps(inputs, ensure_ascii=False, separators=(",", ":"))
+
+
+def float32_bytes(vectors: list[list[float]]) -> bytes:
+    """Every vector, in order, as little-endian float32: OpenAI's base64 encoding_format decodes
+    to exactly these (its SDK reads them with numpy's float32 or array('f'))."""
+    return b"".join(struct.pack(f"<{len(vector)}f", *vector) for vector in vectors)
+
+
+def float32_base64(vector: list[float]) -> str:
+    return base64.b64encode(float32_bytes([vector])).decode("ascii")
+
+
+def vectors_problem(data, *, count: int, dimensions: int | None) -> str | None:
+    """Why an embed.done's data is not `count` vectors of `dimensions` finite numbers, or None.
+
+    The protocol decoder has checked the shape of each item (a non-empty list of numbers, all of
+    one length); Python's JSON reader also accepts NaN and Infinity, which are not numbers a
+    client can use (nor valid JSON to send on), and numbers beyond float32's range.
+    """
+    if not isinstance(data, list) or len(data) != count:
+        return f"expected {count} vectors, got {len(data) if isinstance(data, list) else 'none'}"
+    for index, vector in enumerate(data):
+        if dimensions is not None and len(vector) != dimensions:
+            return f"vector {index} has {len(vector)} dimensions, the model has {dimensions}"
+        if not all(math.isfinite(x) and abs(x) <= FLOAT32_MAX for x in vector):
+            return f"vector {index} holds a value that is not a finite float32"
+    return None

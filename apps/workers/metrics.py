@@ -1,0 +1,66 @@
+"""Measured, not declared: the node times every relayed job and scores every outcome.
+
+Speed: time to first token and tokens per second per (worker, model), as exponentially weighted
+moving averages (weight 0.2 for the newest sample), from timestamps the relay takes itself.
+
+Reputation (0..1, new workers start at 0.5): each outcome moves it a tenth of the way toward
+1 (completed) or 0 (failed, timed out, dropped); a failed verification moves it half the way to 0.
+Idle reputation decays toward 0.5 with a half-life of 7 days, so old glory and old sins fade.
+Outcomes the client caused (it left, it sent bad input) do not count.
+"""
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .models import Worker, WorkerModelStats
+
+SPEED_WEIGHT = 0.2
+PRIOR = 0.5
+HALF_LIFE_SECONDS = 7 * 24 * 3600
+OUTCOMES = {"completed": (1.0, 0.1), "failed": (0.0, 0.1), "verification_passed": (1.0, 0.1),
+            "verification_failed": (0.0, 0.5)}
+
+
+def decayed(reputation: float, updated_at, now) -> float:
+    """Reputation as of `now`: drifted toward the prior for the time since it last changed."""
+    if updated_at is None:
+        return reputation
+    elapsed = max((now - updated_at).total_seconds(), 0.0)
+    return PRIOR + (reputation - PRIOR) * 0.5 ** (elapsed / HALF_LIFE_SECONDS)
+
+
+def after_outcome(reputation: float, updated_at, now, outcome: str) -> float:
+    target, weight = OUTCOMES[outcome]
+    current = decayed(reputation, updated_at, now)
+    return min(max(current + weight * (target - current), 0.0), 1.0)
+
+
+def ewma(previous: float | None, sample: float) -> float:
+    return sample if previous is None else previous + SPEED_WEIGHT * (sample - previous)
+
+
+def worker_outcome_record(*, worker_id, outcome: str) -> float:
+    """Fold one outcome into the worker's reputation. Locks the worker row."""
+    now = timezone.now()
+    with transaction.atomic():
+        worker = Worker.objects.select_for_update().only("reputation", "reputation_updated_at").get(id=worker_id)
+        reputation = after_outcome(worker.reputation, worker.reputation_updated_at, now, outcome)
+        counter = "jobs_completed" if outcome == "completed" else "jobs_failed" if outcome == "failed" else None
+        updates = {"reputation": reputation, "reputation_updated_at": now}
+        if counter:
+            updates[counter] = F(counter) + 1
+        Worker.objects.filter(id=worker_id).update(**updates)
+    return reputation
+
+
+def worker_speed_record(*, worker_id, model_id: str, ttft_ms: float | None, tokens_per_second: float | None) -> None:
+    """Fold one job's measured speed into the (worker, model) averages. Locks that stats row."""
+    with transaction.atomic():
+        stats, _ = WorkerModelStats.objects.select_for_update().get_or_create(worker_id=worker_id, model_id=model_id)
+        if ttft_ms is not None:
+            stats.ttft_ms = ewma(stats.ttft_ms, ttft_ms)
+        if tokens_per_second is not None:
+            stats.tokens_per_second = ewma(stats.tokens_per_second, tokens_per_second)
+        stats.samples += 1
+        stats.save(update_fields=["ttft_ms", "tokens_per_second", "samples", "updated_at"])
