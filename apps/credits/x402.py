@@ -99,6 +99,8 @@ def x402_settle_to_credits(*, user, header_value: str, price_micro: int) -> Sett
         raise PaymentRejected("unsupported_version", "Only x402 version 2 payments are accepted.")
     wanted = payment_requirements(price_micro=price_micro)
     _check_accepted(payload.accepted, wanted)
+    if not settings.PEER_X402_FACILITATOR_URL:  # our hot wallet will co-sign: its costs are ours
+        _check_fee_payer_cost(payload.payload, fee_payer=wanted.extra["feePayer"])
     server = _resource_server()
     verified = server.verify_payment(payload, wanted)
     if not verified.is_valid:
@@ -126,6 +128,66 @@ def _check_accepted(accepted, wanted) -> None:
     if fee_payer != wanted.extra["feePayer"]:
         raise PaymentRejected("fee_payer_mismatch", f"The payment names fee payer {fee_payer!r}; this node's "
                               f"is {wanted.extra['feePayer']!r}.")
+
+
+# The most priority fee (compute-unit limit x price) our hot wallet pays for one payment: the x402
+# client's own limit (20_000 CU) at x402's own price cap (5 lamports/CU). x402 caps only the price,
+# and Solana charges it on the requested limit, so 1_400_000 CU at that price would cost the node
+# 0.007 SOL for a payment of any size.
+MAX_PRIORITY_FEE_LAMPORTS = 100_000
+_COMPUTE_BUDGET = "ComputeBudget111111111111111111111111111111"
+_MAX_COMPUTE_UNITS = 1_400_000  # the runtime's ceiling, and what a transaction without a limit may use
+
+
+def _check_fee_payer_cost(inner: dict, *, fee_payer: str) -> None:
+    """Our fee payer's signature must buy one payment's network fee and nothing else. x402's verify
+    refuses the fee payer as transfer authority, unknown instructions and a high compute-unit price,
+    but not a high compute-unit limit, extra required signatures (5_000 lamports each, ours to pay),
+    the fee payer named in another instruction (the x402 spec's fee payer isolation), or address
+    lookup tables (their accounts are invisible to its checks, and its verify crashes on them)."""
+    from solders.transaction import VersionedTransaction
+
+    try:
+        message = VersionedTransaction.from_bytes(base64.b64decode(inner["transaction"], validate=True)).message
+        keys = [str(key) for key in message.account_keys]
+        programs_and_accounts = [[ix.program_id_index, *ix.accounts] for ix in message.instructions]
+        lookups = getattr(message, "address_table_lookups", None)  # legacy messages have none
+    except Exception:  # attacker-controlled bytes: any decode failure is a refusal
+        raise PaymentRejected("invalid_payload", "The payment's transaction cannot be decoded.") from None
+    if lookups:
+        raise PaymentRejected("address_lookup_tables_refused", "The payment's transaction loads accounts from "
+                              "address lookup tables; a payment lists every account it touches.")
+    if not keys or keys[0] != fee_payer:
+        raise PaymentRejected("fee_payer_mismatch", f"The transaction's fee payer is "
+                              f"{keys[0] if keys else None!r}; this node's is {fee_payer!r}.")
+    if any(index >= len(keys) for indices in programs_and_accounts for index in indices):
+        raise PaymentRejected("invalid_payload", "The payment's transaction names accounts it does not list.")
+    if any(keys[index] == fee_payer for indices in programs_and_accounts for index in indices):
+        raise PaymentRejected("fee_payer_not_isolated", "The transaction names this node's fee payer in an "
+                              "instruction; its signature pays the network fee and nothing else.")
+    if message.header.num_required_signatures != 2:
+        raise PaymentRejected("fee_payer_extra_signatures", f"The transaction needs "
+                              f"{message.header.num_required_signatures} signatures; a payment needs two (the "
+                              "payer's and this node's fee payer's), and each signature is a fee this node pays.")
+    if (fee := _priority_fee(message, keys)) > MAX_PRIORITY_FEE_LAMPORTS:
+        raise PaymentRejected("fee_payer_priority_fee_too_high", f"The transaction asks this node to pay a "
+                              f"priority fee of {fee} lamports (compute-unit limit x price); it pays at most "
+                              f"{MAX_PRIORITY_FEE_LAMPORTS}.")
+
+
+def _priority_fee(message, keys: list[str]) -> int:
+    """Lamports the fee payer pays on top of the signature fees: Solana charges the compute-unit
+    price (micro-lamports) on the requested limit, not on the units used, rounded up."""
+    limit, price = _MAX_COMPUTE_UNITS, 0
+    for ix in message.instructions:
+        data = bytes(ix.data)
+        if keys[ix.program_id_index] != _COMPUTE_BUDGET:
+            continue
+        if data[:1] == b"\x02" and len(data) >= 5:  # SetComputeUnitLimit(u32)
+            limit = int.from_bytes(data[1:5], "little")
+        elif data[:1] == b"\x03" and len(data) >= 9:  # SetComputeUnitPrice(u64)
+            price = int.from_bytes(data[1:9], "little")
+    return -(-min(limit, _MAX_COMPUTE_UNITS) * price // 1_000_000)
 
 
 def _credit(*, user, signature: str, payer: str, amount: int) -> None:
