@@ -41,7 +41,8 @@ def payouts_open(*, threshold: int) -> list[WorkerPayout]:
     """Open one payout per worker whose unpaid earnings reach `threshold` and who has no payout
     in flight. Locks the worker row, then its ledger accounts."""
     opened = []
-    candidates = LedgerAccount.objects.filter(code__startswith="worker:", kind="worker", balance__gte=threshold)
+    floor = max(threshold, 1)  # a payout of nothing is no payout, whatever the threshold says
+    candidates = LedgerAccount.objects.filter(code__startswith="worker:", kind="worker", balance__gte=floor)
     for account in candidates:
         worker_id = account.code.split(":")[1]
         with transaction.atomic(durable=True):
@@ -49,7 +50,7 @@ def payouts_open(*, threshold: int) -> list[WorkerPayout]:
             if worker is None or worker.payouts.filter(state__in=["pending", "sent"]).exists():
                 continue
             balance = LedgerAccount.objects.get(id=account.id).balance
-            if balance < threshold:
+            if balance < floor:
                 continue
             payout = WorkerPayout.objects.create(worker=worker, address=worker.payout_address, amount=balance)
             ledger_post(kind="payout", reference=f"payout:{payout.id}", idempotency_key=f"payout:{payout.id}:open",

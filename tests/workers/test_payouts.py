@@ -97,6 +97,18 @@ def test_earnings_below_the_threshold_or_without_a_wallet_stay_in_the_ledger(usd
     assert not WorkerPayout.objects.exists() and _balance(f"worker:{earning_worker.id}:USDC") == 2_100_000
 
 
+def test_a_threshold_of_zero_never_opens_an_empty_payout(bob):
+    """Found by the money property test: a worker with nothing earned got a payout of 0."""
+    from solders.keypair import Keypair
+
+    worker, _ = worker_register(operator=bob, name="idle", tiers=["open"])
+    worker.payout_address = str(Keypair().pubkey())
+    worker.save(update_fields=["payout_address"])
+    LedgerAccount.objects.get_or_create(code=f"worker:{worker.id}:USDC",
+                                        defaults={"kind": "worker", "asset": "USDC"})
+    assert payouts_open(threshold=0) == [] and not WorkerPayout.objects.exists()
+
+
 class CrashAfterRecording(PayoutChain):
     """The process dies after the signed transfer was recorded and before (or while) sending."""
 
