@@ -2,10 +2,17 @@
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "peercycles.settings")
 django_asgi_app = get_asgi_application()
+if settings.PEER_SERVE_STATIC:
+    # `make run` is one process with no web server in front: serve /static/ (our CSS and the
+    # npm packages) from the finders, as runserver would. A deployment serves collected files.
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)
 from django.urls import path  # noqa: E402

@@ -91,9 +91,18 @@ DATABASES = {
     if DATABASE_URL
     else {"ENGINE": "django.db.backends.sqlite3",
           "NAME": env_str("PEER_SQLITE_PATH", str(BASE_DIR / "var" / "peercycles.sqlite3")),
-          # The relay writes from several threads; wait for the lock instead of failing.
-          "OPTIONS": {"timeout": 20}},
+          # The relay writes from several threads; wait for the lock instead of failing. IMMEDIATE:
+          # a transaction takes the write lock when it begins, so it waits there (busy timeout)
+          # rather than failing at once with "database is locked" when it first writes.
+          "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"}},
 }
+# A bounded connection pool per process (psycopg_pool). Without one every request thread opens
+# its own connection, and a burst of requests exceeds PostgreSQL's max_connections (100 by
+# default): those requests fail. Callers wait up to the pool's timeout for a free connection.
+PEER_DB_POOL_SIZE = env_int("PEER_DB_POOL_SIZE", 0)
+if DATABASE_URL and PEER_DB_POOL_SIZE:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1, "max_size": PEER_DB_POOL_SIZE, "timeout": env_float("PEER_DB_POOL_TIMEOUT", 20.0)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
@@ -158,6 +167,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# The node serves /static/ itself when this is on (default: with DEBUG, as under `make run`);
+# a deployment turns DEBUG off and serves `collectstatic`'s output from its web server.
+PEER_SERVE_STATIC = env_bool("PEER_SERVE_STATIC", DEBUG)
 # htmx comes from npm at setup (`make setup` runs npm ci); never committed.
 if (BASE_DIR / "node_modules").exists():
     STATICFILES_DIRS.append(("vendor", BASE_DIR / "node_modules"))

@@ -51,20 +51,30 @@ def _wait_for_port(port: int, timeout: float) -> None:
 @contextmanager
 def running_node(log_name: str = "node.log", **extra_env):
     """daphne serving the node on the test database; yields its base URL."""
+    with node_process(log_name, **extra_env) as (_, url):
+        yield url
+
+
+@contextmanager
+def node_process(log_name: str = "node.log", **extra_env):
+    """As running_node, yielding (daphne's process, base URL): for tests that kill a node."""
     db = settings.DATABASES["default"]
     port = _free_port()
-    env = dict(os.environ,
-               DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-               PEER_QUEUE_TIMEOUT="4", PEER_JOB_TIMEOUT="60", PEER_LOG_LEVEL="INFO", **extra_env)
+    # extra_env may override these test defaults (e.g. PEER_QUEUE_TIMEOUT, REDIS_URL).
+    env = {**os.environ,
+           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+           "PEER_QUEUE_TIMEOUT": "4", "PEER_JOB_TIMEOUT": "60", "PEER_LOG_LEVEL": "INFO", **extra_env}
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / log_name, "w")
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+    # The Procfile's listen backlog (daphne's default is 50): a burst of clients is accepted, not reset.
+    server = subprocess.Popen([sys.executable, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024",
                                "peercycles.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, 30)
-        yield f"http://127.0.0.1:{port}"
+        yield server, f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
+        if server.poll() is None:
+            server.terminate()
         server.wait(timeout=10)
         log.close()
 

@@ -1,5 +1,5 @@
 """`make run`'s embedded mode (SQLite, in-memory channel layer, Celery in the node) serves the
-paper's example with the key it prints. The suite itself runs on PostgreSQL and Redis; this
+paper's example, and embeddings, with the key it prints. The suite itself runs on PostgreSQL and Redis; this
 test starts the node the way `make run` does, in a subprocess with neither configured."""
 
 import os
@@ -17,7 +17,7 @@ from .conftest import OUTPUT, ROOT, _free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_the_embedded_node_answers_the_papers_example_with_the_printed_key(tmp_path):
+def test_the_embedded_node_answers_the_papers_example_and_embeds_with_the_printed_key(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(PEER_SQLITE_PATH=str(tmp_path / "node.sqlite3"), PYTHONUNBUFFERED="1")
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
@@ -36,6 +36,13 @@ def test_the_embedded_node_answers_the_papers_example_with_the_printed_key(tmp_p
                     '"messages": [{ "role":"user", "content":"explain attestation" }]}')
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        embedded = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", timeout=120, headers={
+            "authorization": f"Bearer {key}"}, json={"model": "all-minilm-l6-v2", "input": ["a", "b"]})
+        assert embedded.status_code == 200, embedded.text
+        assert [len(item["embedding"]) for item in embedded.json()["data"]] == [384, 384]
+        for asset in ("css/site.css", "vendor/htmx.org/dist/htmx.min.js"):  # pages work: CSS and htmx load
+            served = httpx.get(f"http://127.0.0.1:{port}/static/{asset}", timeout=30)
+            assert served.status_code == 200 and served.content, asset
         assert "SQLite" in log_path.read_text() and "in-memory channel layer" in log_path.read_text()
     finally:
         node.send_signal(signal.SIGTERM)
