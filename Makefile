@@ -10,7 +10,7 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3.14 /root/.pyenv/version
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 
-.PHONY: run test setup migrate check-python clean help ledger-check deposits-scan
+.PHONY: run test setup migrate check-python clean help ledger-check deposits-scan bench-litellm
 
 help:
 	@echo "make run    - install, migrate, seed a demo fleet and serve the node on 127.0.0.1:$(PEER_PORT)"
@@ -18,6 +18,7 @@ help:
 	@echo "make setup  - only create .venv and install Python and npm packages"
 	@echo "make ledger-check   - verify every ledger invariant (manage.py ledger_check)"
 	@echo "make deposits-scan  - credit finalized USDC deposits now (manage.py deposits_scan)"
+	@echo "make bench-litellm  - relay overhead next to LiteLLM (docs/benchmarks.md; BENCH_ARGS=--help)"
 
 check-python:
 	@if [ -z "$(PYTHON)" ]; then \
@@ -60,3 +61,22 @@ deposits-scan: migrate
 
 clean:
 	rm -rf var .pytest_cache
+
+# The relay benchmark against LiteLLM (docs/benchmarks.md). LiteLLM lives in a venv of its own
+# and never in requirements*.txt. Its 1.107.0 release was compromised: keep the pin below it.
+# uvicorn (with uvloop, httptools) goes to a folder for the node's interpreter (--servers uvicorn).
+BENCH_VENV := .bench-venv
+LITELLM_VERSION := 1.106.12
+
+$(BENCH_VENV)/.installed: | check-python
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(BENCH_VENV)/node-extras \
+		uvicorn==0.54.0 uvloop==0.23.0 httptools==0.9.0
+	@touch $@
+
+# Its own database and Redis db by default: the benchmark takes that database's workers offline.
+bench-litellm: setup $(BENCH_VENV)/.installed
+	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/peercycles_bench} \
+	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/12} \
+	$(PY) tests/bench/bench_vs_litellm.py $(BENCH_ARGS)

@@ -85,11 +85,7 @@ class JobRelay:
                 self.text_parts.append(frame["text"])
                 yield frame["text"]
             elif kind == "job.done":
-                self.job = await database_sync_to_async(job_complete)(
-                    job_id=self.job.id, output_text="".join(self.text_parts),
-                    finish_reason=frame["finish_reason"], model_digest=frame["model_digest"])
-                self.settled = True
-                await database_sync_to_async(self._record_success)()
+                await database_sync_to_async(self._complete)(frame)
                 return
             elif kind == "job.error":
                 await self._on_worker_error(frame)
@@ -119,11 +115,15 @@ class JobRelay:
                 logger.warning("job %s: could not leave its group; the channel layer is down", self.job.id)
 
     async def _route(self, *, deadline: float) -> None:
-        if not await database_sync_to_async(tier_has_workers)(tier=self.job.tier):
-            await self._fail(503, "no_workers", f"No worker on this node serves the {self.job.tier} tier.")
+        tier_checked = False
         while True:
             if await self._try_assign():
                 return
+            # Only once no worker could be claimed: a claimed one proves the tier is served,
+            # and each database call from here costs a thread hop and a pooled connection.
+            if not tier_checked and not await database_sync_to_async(tier_has_workers)(tier=self.job.tier):
+                await self._fail(503, "no_workers", f"No worker on this node serves the {self.job.tier} tier.")
+            tier_checked = True
             if time.monotonic() >= deadline:
                 failed = f" after the worker it ran on failed ({self.last_worker_error})" \
                     if self.last_worker_error else ""
@@ -133,14 +133,9 @@ class JobRelay:
             await asyncio.sleep(ROUTE_POLL_SECONDS)
 
     async def _try_assign(self) -> bool:
-        for worker, model, price in await database_sync_to_async(self._ranked_workers)():
-            if worker.id in self.tried or not await database_sync_to_async(worker_claim)(
-                    worker_id=worker.id, job_id=self.job.id):
-                continue
-            self.tried.add(worker.id)
+        while claimed := await database_sync_to_async(self._claim_next)():
+            worker, model = claimed
             self.worker_id, self.worker_channel, self.model_id = worker.id, worker.channel_name, model["id"]
-            await database_sync_to_async(job_start)(job_id=self.job.id, worker_id=worker.id,
-                                                    model_digest=model["digest"], price_per_token=price)
             self.assigned_at = time.monotonic()
             await self._send_to_worker(protocol.job_assign(
                 job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
@@ -158,6 +153,18 @@ class JobRelay:
             # job.error before acceptance (e.g. busy): the worker's consumer already released it.
             logger.info("worker %s refused job %s: %s", worker.id, self.job.id, frame.get("code"))
         return False
+
+    def _claim_next(self) -> tuple | None:
+        """Claim the best idle eligible worker not tried yet and start the job on it: (worker,
+        model), or None when none is left. One database call for ranking, claims and start, so
+        that concurrent jobs racing for the same best workers lose no thread hop per lost claim."""
+        for worker, model, price in self._ranked_workers():
+            if worker.id in self.tried or not worker_claim(worker_id=worker.id, job_id=self.job.id):
+                continue
+            self.tried.add(worker.id)
+            job_start(job_id=self.job.id, worker_id=worker.id, model_digest=model["digest"], price_per_token=price)
+            return worker, model
+        return None
 
     def _ranked_workers(self) -> list[tuple]:
         """Idle eligible workers, best first by the routing score and the client's preferences,
@@ -217,6 +224,13 @@ class JobRelay:
         logger.warning("job %s: link to worker %s lost: %s", self.job.id, self.worker_id, why)
         await self._fail(503, "node_unavailable", "The node's link to the worker failed (its message bus was "
                          "unavailable or lost frames); the whole price was refunded. Retry shortly.")
+
+    def _complete(self, done: dict) -> None:
+        """Settle the job and record the worker's speed and success, in one database call."""
+        self.job = job_complete(job_id=self.job.id, output_text="".join(self.text_parts),
+                                finish_reason=done["finish_reason"], model_digest=done["model_digest"])
+        self.settled = True
+        self._record_success()
 
     def _record_success(self) -> None:
         done = time.monotonic()

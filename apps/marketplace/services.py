@@ -1,7 +1,8 @@
 """Job writes: create (quote + hold), start, complete (usage, commitment, settle), fail (refund);
 for generation jobs and, with their own quote and completion, embedding jobs.
 
-Lock order everywhere: the job row first, then ledger accounts by id (inside ledger_post).
+Lock order everywhere: the job row first, then ledger accounts by id (inside ledger_post); a
+job's creation locks its model's catalogue row before both.
 """
 
 import base64
@@ -20,6 +21,7 @@ from worker.commitment import commitment_hash, commitment_inputs, sha256_hex
 from .errors import ApiError
 from .models import Job
 from .requests import ChatRequest, EmbeddingRequest
+from .selectors import jobs_waiting_count
 from .tokens import count_embedding_tokens, count_tokens
 from .vectors import float32_bytes, inputs_text
 
@@ -62,10 +64,18 @@ def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
 
 
 def _job_create_held(*, user, quote: Quote, **fields) -> Job:
-    """Create the job and hold its quote in one durable transaction (locks the user's accounts).
-    Raises InsufficientCredits, with nothing written, when the credits do not cover it."""
+    """Create the job and hold its quote in one durable transaction (locks the model's catalogue
+    row, then the user's accounts). Raises InsufficientCredits, with nothing written, when the
+    credits do not cover it, and ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
+        # Counted under the catalogue row's lock, so a burst cannot overfill the queue between
+        # the count and the insert (the view's own count is only the cheap early answer).
+        list(CatalogueModel.objects.select_for_update().filter(name=fields["public_model"]).values_list("id"))
+        if jobs_waiting_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
+            raise ApiError(429, f"{fields['public_model']} ({fields['tier']}) has {settings.PEER_QUEUE_LIMIT} "
+                           "requests waiting for a worker; retry shortly.", code="queue_full",
+                           headers={"Retry-After": "5"})
         job = Job.objects.create(
             user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
             price_ceiling=quote.price_ceiling, deadline_at=timezone.now() + timezone.timedelta(seconds=budget),
@@ -158,9 +168,10 @@ def embedding_quote(*, embedding: EmbeddingRequest, entry: CatalogueModel) -> Em
     if embedding.dimensions is not None and embedding.dimensions != entry.dimensions:
         # MiniLM was not trained to be truncated (as Matryoshka models are): a shorter vector
         # would be a different, worse embedding, so only the model's own length is served.
-        raise ApiError(400, f"{entry.name} returns {entry.dimensions}-dimensional vectors and cannot "
-                       f"shorten them; omit 'dimensions' or send {entry.dimensions}.",
-                       param="dimensions", code="unsupported_dimensions")
+        message = (f"{entry.name} returns {entry.dimensions}-dimensional vectors and cannot shorten them; "
+                   f"omit 'dimensions' or send {entry.dimensions}." if entry.dimensions else
+                   f"{entry.name} cannot shorten its vectors; omit 'dimensions'.")
+        raise ApiError(400, message, param="dimensions", code="unsupported_dimensions")
     counted = count_embedding_tokens(embedding.inputs, tokenizer_path=entry.tokenizer_path)
     room = entry.context_length - counted.special
     for index, tokens in enumerate(counted.tokens):

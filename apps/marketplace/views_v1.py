@@ -6,6 +6,7 @@ import logging
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -40,6 +41,10 @@ def _api_errors(view):
             return await view(request, *args, **kwargs)
         except ApiError as exc:
             return exc.response()
+        except OperationalError:  # the database is down or out of connections: retrying can help
+            logger.exception("database unavailable in %s", view.__name__)
+            return ApiError(503, "The node's database is unavailable; retry shortly.", code="database_unavailable",
+                            headers={"Retry-After": "5"}).response()
         except Exception:  # a bug must still answer in OpenAI's shape; the reaper refunds holds
             logger.exception("unhandled error in %s", view.__name__)
             return ApiError(500, "The node failed to handle this request.", code="internal_error").response()
@@ -132,15 +137,20 @@ def _body(request) -> bytes:
 
 async def _catalogue_entry(name: str, *, tier: str):
     """The active catalogue entry called `name` (404 if none), if its queue has room (429 if not)."""
-    entry = await database_sync_to_async(catalogue_get)(name=name)
+    entry, waiting = await database_sync_to_async(_entry_and_queue)(name=name, tier=tier)
     if entry is None:
         raise ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models "
                        "lists them.", param="model", code="model_not_found")
-    if await database_sync_to_async(jobs_waiting_count)(public_model=entry.name, tier=tier) >= \
-            settings.PEER_QUEUE_LIMIT:
+    if waiting >= settings.PEER_QUEUE_LIMIT:
         raise ApiError(429, f"{entry.name} ({tier}) has {settings.PEER_QUEUE_LIMIT} requests waiting for a "
                        "worker; retry shortly.", code="queue_full", headers={"Retry-After": "5"})
     return entry
+
+
+def _entry_and_queue(*, name: str, tier: str):
+    """One database call (a thread hop and a pooled connection) for the entry and its queue."""
+    entry = catalogue_get(name=name)
+    return entry, (jobs_waiting_count(public_model=entry.name, tier=tier) if entry is not None else 0)
 
 
 async def _create_paid_job(request, *, create, **job):

@@ -13,4 +13,5 @@ class WorkerAdmin(admin.ModelAdmin):
 
 @admin.register(CatalogueModel)
 class CatalogueModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "served_model", "context_length", "active")
+    list_display = ("name", "kind", "served_model", "context_length", "dimensions", "active")
+    list_filter = ("kind", "active")

@@ -37,7 +37,8 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             # link) and close, so the agent reconnects and says hello once the layer is back.
             if self.worker_id is not None:
                 await self.disconnect(None)
-            await self._drop("node_unavailable", f"The node's channel layer failed ({exc}); reconnect.", close_code=1000)
+            await self._drop("node_unavailable", f"The node's channel layer failed ({exc}); reconnect.",
+                             close_code=1000)
         except asyncio.CancelledError:
             # daphne stopping (a deploy, a scale-in) cancels every link without a disconnect and
             # waits for it: offline the worker and fail its job over before this process goes.

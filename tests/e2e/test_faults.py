@@ -113,6 +113,7 @@ def test_when_every_worker_is_offline_the_job_waits_its_bounded_time_then_refund
     before, started = balance_get(user=alice), time.monotonic()
     response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO})
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker_available"
+    assert int(response.headers["Retry-After"]) > 0
     assert time.monotonic() - started >= 3.5  # PEER_QUEUE_TIMEOUT is 4s in the test node
     _assert_refunded(alice, before)
 
@@ -209,3 +210,31 @@ def test_a_client_leaving_a_stream_cancels_the_job_on_the_worker(node_url, catal
             time.sleep(0.1)
     job = Job.objects.get(user=alice)
     assert job.hold_state != "held" and job.charged_amount < job.hold_amount
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_holds_nothing(node_url, catalogue, alice, alice_key, bob_worker,
+                                                                     settings):
+    from django.utils import timezone
+
+    from apps.marketplace.requests import parse_chat_request
+    from apps.marketplace.services import job_create
+    from apps.workers.models import CatalogueModel
+
+    from apps.credits.services import credits_grant
+
+    credits_grant(user=alice, credits=100_000)
+    entry = CatalogueModel.objects.get(name="gemma-3-270m")
+    chat = parse_chat_request(json.dumps({"model": "gemma-3-270m", "messages": HELLO}).encode(),
+                              default_tier="verified", default_max_tokens=16, max_tokens_limit=1024)
+    for _ in range(settings.PEER_QUEUE_LIMIT):  # the node's default limit: the queue is now full
+        job_create(user=alice, chat=chat, entry=entry)
+    held = held_get(user=alice)
+    response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO})
+    assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
+    assert int(response.headers["Retry-After"]) > 0 and held_get(user=alice) == held
+    # Release the queued holds (their relay never ran) as the reaper would, for the ledger check.
+    from apps.marketplace.models import Job
+    from apps.marketplace.services import jobs_reap_stale
+
+    Job.objects.filter(user=alice).update(deadline_at=timezone.now())
+    assert jobs_reap_stale() == settings.PEER_QUEUE_LIMIT
