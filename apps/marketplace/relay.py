@@ -28,6 +28,7 @@ from .services import job_complete, job_fail, job_start
 
 logger = logging.getLogger(__name__)
 ACCEPT_TIMEOUT = 10.0
+JOB_ENDED = ("ended",)  # _claim_next: the job was settled before it could start
 ROUTE_POLL_SECONDS = 0.2
 # The channel layer failing under a job: Redis down or restarting (redis-py raises RedisError,
 # sockets OSError). Frames in flight and group memberships may be gone with it.
@@ -134,6 +135,11 @@ class JobRelay:
 
     async def _try_assign(self) -> bool:
         while claimed := await database_sync_to_async(self._claim_next)():
+            if claimed is JOB_ENDED:
+                # The job was settled elsewhere meanwhile (a reaper on this or another node refunded
+                # it): never assign a job nobody will pay for.
+                await self._fail(504, "job_timeout", "The job ran out of time before a worker took it; "
+                                 "the whole price was refunded.")
             worker, model = claimed
             self.worker_id, self.worker_channel, self.model_id = worker.id, worker.channel_name, model["id"]
             self.assigned_at = time.monotonic()
@@ -162,7 +168,10 @@ class JobRelay:
             if worker.id in self.tried or not worker_claim(worker_id=worker.id, job_id=self.job.id):
                 continue
             self.tried.add(worker.id)
-            job_start(job_id=self.job.id, worker_id=worker.id, model_digest=model["digest"], price_per_token=price)
+            if not job_start(job_id=self.job.id, worker_id=worker.id, model_digest=model["digest"],
+                             price_per_token=price):
+                worker_release(worker_id=worker.id, job_id=self.job.id)
+                return JOB_ENDED
             return worker, model
         return None
 
@@ -245,6 +254,10 @@ class JobRelay:
             await database_sync_to_async(worker_outcome_record)(worker_id=self.worker_id, outcome="failed")
             # The worker's own words reach the client only shortened: they are not the node's.
             self.last_worker_error = f"{frame.get('code')}: {str(frame.get('message'))[:200]}"
+        if frame.get("code") == "worker_lost":
+            # The silent-worker reaper (apps/workers/tasks.py) already refunded the job: nothing
+            # is left to fail over with, so the client hears it now rather than at a timeout.
+            await self._fail(504, "worker_lost", "The worker stopped answering; the whole price was refunded.")
         if not self.text_parts:
             # Nothing reached the client yet: move the job to the next worker transparently.
             logger.info("job %s failing over after %s", self.job.id, frame.get("code"))

@@ -102,12 +102,13 @@ def worker_revoke(*, worker_id) -> bool:
     return Worker.objects.filter(id=worker_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
 
 
-def workers_reap_silent(*, silence_seconds: float) -> list:
-    """Offline every worker not heard from in `silence_seconds`; returns the jobs they held."""
+def workers_reap_silent(*, silence_seconds: float) -> list[tuple]:
+    """Offline every worker not heard from in `silence_seconds`; returns (worker id, job id) for
+    each job one of them held."""
     cutoff = timezone.now() - timezone.timedelta(seconds=silence_seconds)
     stale = list(Worker.objects.exclude(status=Worker.Status.OFFLINE).filter(last_seen_at__lt=cutoff)
                  .values_list("id", "channel_name"))
-    return [job for worker_id, channel in stale
+    return [(worker_id, job) for worker_id, channel in stale
             if (job := worker_disconnect(worker_id=worker_id, channel_name=channel))]
 
 

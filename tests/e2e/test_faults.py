@@ -238,3 +238,37 @@ def test_a_full_queue_answers_429_with_retry_after_and_holds_nothing(node_url, c
 
     Job.objects.filter(user=alice).update(deadline_at=timezone.now())
     assert jobs_reap_stale() == settings.PEER_QUEUE_LIMIT
+
+
+def test_a_worker_gone_silent_is_reaped_and_the_waiting_client_hears_at_once(
+        node_url, catalogue, alice, alice_key, bob_worker):
+    """The reaper may run in any process (Celery beat, another node): it refunds the job and tells
+    the relay over the channel layer, so the client is not left waiting for the job's timeout."""
+    from apps.workers.tasks import workers_reap_silent_task
+
+    async def go_silent(ws, frame):
+        await ws.send(json.dumps({"type": "job.accepted", "job_id": frame["job_id"]}))
+
+    before = balance_get(user=alice)
+    with ScriptedAgent(node_url, bob_worker[1], catalogue, go_silent):
+        wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
+        outcome = {}
+
+        def call():
+            try:
+                _client(node_url, alice_key).chat.completions.create(model="gemma-3-270m", messages=HELLO)
+            except openai.APIStatusError as exc:
+                outcome.update(status=exc.status_code, code=exc.body.get("code"))
+
+        import threading
+
+        client = threading.Thread(target=call)
+        client.start()
+        wait_for_status(bob_worker[0].id, Worker.Status.BUSY)
+        Worker.objects.filter(id=bob_worker[0].id).update(last_seen_at="2000-01-01T00:00:00Z")
+        workers_reap_silent_task.apply()
+        client.join(timeout=30)  # the job's own timeout is 300 s: only the reaper's word ends it sooner
+        assert not client.is_alive(), "the client was left waiting after the reaper refunded its job"
+    assert (outcome["status"], outcome["code"]) == (504, "worker_lost")
+    job = _assert_refunded(alice, before)
+    assert job.error_code == "worker_lost"
