@@ -50,8 +50,7 @@ class _WorkerFault(Exception):
         self.code = code
 
 
-def db(function):
-    return database_sync_to_async(function)
+db = database_sync_to_async  # every ORM call runs in asgiref's thread
 
 
 class EmbedRelay:
@@ -62,7 +61,6 @@ class EmbedRelay:
         self.worker_id = self.worker_channel = self.model = None
         self.worker_working = False  # a chunk was sent to the claimed worker and not yet answered
         self.tried: set = set()
-        self.settled = False
         self._receiving: asyncio.Future | None = None
 
     async def run(self) -> list[list[float]]:
@@ -101,7 +99,6 @@ class EmbedRelay:
                 continue
             self.job = await db(embed_job_complete)(job_id=self.job.id, vectors=vectors,
                                                     model_digest=self.model["digest"])
-            self.settled = True
             await db(self._record_success)(started, first_chunk)
             return vectors
 
@@ -223,7 +220,6 @@ class EmbedRelay:
 
     async def _refund(self, code: str, message: str) -> None:
         self.job = await db(job_fail)(job_id=self.job.id, code=code, message=message)
-        self.settled = True
 
     async def _send_to_worker(self, frame: dict) -> None:
         await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame})
