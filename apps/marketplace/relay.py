@@ -16,10 +16,10 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.workers.models import CatalogueModel
-from apps.workers.selectors import tier_has_workers, worker_holds_job, workers_eligible
-from apps.workers.candidates import candidates_for
+from apps.workers.candidates import workers_ranked
 from apps.workers.metrics import worker_outcome_record, worker_speed_record
-from apps.workers.routing import RoutePreferences, route_order
+from apps.workers.routing import RoutePreferences
+from apps.workers.selectors import tier_has_workers, worker_holds_job
 from apps.workers.services import worker_claim, worker_release
 from worker import protocol
 
@@ -176,13 +176,8 @@ class JobRelay:
         return None
 
     def _ranked_workers(self) -> list[tuple]:
-        """Idle eligible workers, best first by the routing score and the client's preferences,
-        each with the price per token it will be charged at."""
-        eligible = workers_eligible(entry=self.entry, tier=self.job.tier)
-        by_id = {str(worker.id): (worker, model) for worker, model in eligible}
-        ranked = route_order(candidates_for(eligible=eligible, public_model=self.entry.name), self.route)
-        return [(*by_id[r.candidate.worker_id], r.candidate.price_per_token) for r in ranked
-                if r.candidate.price_per_token <= self.job.price_ceiling]
+        return workers_ranked(entry=self.entry, tier=self.job.tier, route=self.route,
+                              price_ceiling=self.job.price_ceiling)
 
     async def _next_frame(self, deadline: float, route_on_error: bool = True) -> dict:
         while True:

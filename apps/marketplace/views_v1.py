@@ -74,7 +74,7 @@ async def _run_job(request, parse):
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
     user = await _authenticate(request)
-    chat = parse(request.body, default_tier=settings.PEER_DEFAULT_TIER,
+    chat = parse(_body(request), default_tier=settings.PEER_DEFAULT_TIER,
                  default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
     entry = await _catalogue_entry(chat.model, tier=chat.tier)
     if entry.kind != "chat":
@@ -130,9 +130,9 @@ async def embeddings(request):
 def _body(request) -> bytes:
     try:
         return request.body
-    except RequestDataTooBig:  # 2,048 long inputs can pass Django's cap; say so in OpenAI's shape
+    except RequestDataTooBig:  # Django's cap (DATA_UPLOAD_MAX_MEMORY_SIZE); say so in OpenAI's shape
         raise ApiError(413, f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes: send "
-                       "fewer or shorter inputs per request.", code="request_too_large") from None
+                       "fewer or shorter messages or inputs per request.", code="request_too_large") from None
 
 
 async def _catalogue_entry(name: str, *, tier: str):

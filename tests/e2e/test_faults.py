@@ -272,3 +272,13 @@ def test_a_worker_gone_silent_is_reaped_and_the_waiting_client_hears_at_once(
     assert (outcome["status"], outcome["code"]) == (504, "worker_lost")
     job = _assert_refunded(alice, before)
     assert job.error_code == "worker_lost"
+
+
+def test_a_body_over_the_size_cap_is_a_413_in_openais_shape_and_nothing_is_held(node_url, catalogue, alice,
+                                                                               alice_key):
+    before = balance_get(user=alice)
+    huge = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "x" * 3_000_000}]}
+    response = _post(node_url, alice_key, huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert balance_get(user=alice) == before and not Job.objects.exists()
