@@ -203,6 +203,12 @@ PEER_TIER_BASE_PRICE = {
     "verified": env_int("PEER_PRICE_VERIFIED_BASE", 120_000),
     "confidential": env_int("PEER_PRICE_CONFIDENTIAL_BASE", 250_000),
 }
+# An embedding request does far less work than a generation: its own, smaller base price.
+PEER_EMBEDDING_BASE_PRICE = {
+    "open": env_int("PEER_PRICE_EMBEDDING_OPEN_BASE", 2_000),
+    "verified": env_int("PEER_PRICE_EMBEDDING_VERIFIED_BASE", 5_000),
+    "confidential": env_int("PEER_PRICE_EMBEDDING_CONFIDENTIAL_BASE", 10_000),
+}
 PEER_PRICE_PER_TOKEN = env_int("PEER_PRICE_PER_TOKEN", 100)
 PEER_DEFAULT_TIER = "verified"
 PEER_DEFAULT_MAX_TOKENS = env_int("PEER_DEFAULT_MAX_TOKENS", 256)

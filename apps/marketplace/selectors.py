@@ -17,7 +17,9 @@ def models_listing() -> list[dict]:
     those workers ask (micro-USDC; 10,000 = 1 credit) plus the tier's flat base price per job."""
     listing = []
     for entry in catalogue_list():
-        pricing = {tier: {**prices, "base_price": settings.PEER_TIER_BASE_PRICE[tier]}
+        bases = (settings.PEER_EMBEDDING_BASE_PRICE if entry.kind == entry.Kind.EMBEDDING
+                 else settings.PEER_TIER_BASE_PRICE)
+        pricing = {tier: {**prices, "base_price": bases[tier]}
                    for tier, prices in model_price_ranges(entry=entry).items()
                    if tier in settings.PEER_TIER_BASE_PRICE}
         listing.append({

@@ -182,7 +182,7 @@ def embedding_quote(*, embedding: EmbeddingRequest, entry: CatalogueModel) -> Em
     prompt_tokens = sum(counted.tokens)
     ceiling = price_ceiling(public_model=entry.name, tier=embedding.tier,
                             max_price=embedding.route.max_price_per_token)
-    amount = job_price(base=settings.PEER_TIER_BASE_PRICE[embedding.tier], per_token=ceiling,
+    amount = job_price(base=settings.PEER_EMBEDDING_BASE_PRICE[embedding.tier], per_token=ceiling,
                        prompt_tokens=prompt_tokens, completion_tokens=0)
     return EmbeddingQuote(prompt_tokens=prompt_tokens, amount=amount, price_ceiling=ceiling,
                           usage_source=counted.source)
@@ -204,7 +204,7 @@ def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str)
     job already settled. The vectors are not stored: the commitment hashes them."""
     job = Job.objects.get(id=job_id)
     charge = min(job.hold_amount, job_price(
-        base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
+        base=settings.PEER_EMBEDDING_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
         prompt_tokens=job.prompt_tokens, completion_tokens=0))
     # The output is the base64 of the float32 vectors: exact, where printed decimals are not.
     output = base64.b64encode(float32_bytes(vectors)).decode("ascii")

@@ -173,7 +173,7 @@ def test_related_sentences_are_closer_than_unrelated_ones_and_every_vector_is_a_
     jobs = list(Job.objects.filter(user=alice))
     assert [(j.kind, j.status) for j in jobs] == [("embedding", "completed")] * 2
     for job in jobs:
-        assert job.charged_amount == settings.PEER_TIER_BASE_PRICE["verified"] + \
+        assert job.charged_amount == settings.PEER_EMBEDDING_BASE_PRICE["verified"] + \
             settings.PEER_PRICE_PER_TOKEN * job.prompt_tokens
         _assert_captured(job)
     assert balance_get(user=alice) == before - sum(j.charged_amount for j in jobs) and held_get(user=alice) == 0

@@ -65,7 +65,7 @@ def test_the_quote_counts_every_inputs_tokens_with_the_models_tokenizer(entry):
 
     assert quote.prompt_tokens == sum(_reference_tokens(TEXTS)) and quote.usage_source == "tokenizer"
     assert quote.price_ceiling == settings.PEER_PRICE_PER_TOKEN
-    assert quote.amount == settings.PEER_TIER_BASE_PRICE["verified"] + quote.prompt_tokens * quote.price_ceiling
+    assert quote.amount == settings.PEER_EMBEDDING_BASE_PRICE["verified"] + quote.prompt_tokens * quote.price_ceiling
 
 
 def test_an_input_longer_than_the_models_window_is_refused_not_cut(entry):
@@ -108,7 +108,7 @@ def test_the_quote_is_held_then_captured_at_the_workers_price_and_split(alice, b
     vectors = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
     job = embed_job_complete(job_id=job.id, vectors=vectors, model_digest=entry.digests[0])
 
-    charge = settings.PEER_TIER_BASE_PRICE["verified"] + 40 * job.prompt_tokens
+    charge = settings.PEER_EMBEDDING_BASE_PRICE["verified"] + 40 * job.prompt_tokens
     assert (job.status, job.hold_state, job.charged_amount) == ("completed", "captured", charge)
     assert balance_get(user=alice) == before - charge and held_get(user=alice) == 0
     hold, capture = transactions_for_reference(reference=job.reference)
@@ -133,8 +133,9 @@ def test_a_failed_embedding_job_refunds_the_whole_hold(alice, entry):
     assert balance_get(user=alice) == before and held_get(user=alice) == 0
 
 
-def test_without_enough_credits_nothing_is_held_or_written(alice, entry):
-    credits_grant(user=alice, credits=1)  # 10,000 micro-USDC: under the tier's base price
+def test_without_enough_credits_nothing_is_held_or_written(alice, entry, settings):
+    settings.PEER_EMBEDDING_BASE_PRICE = {**settings.PEER_EMBEDDING_BASE_PRICE, "verified": credits_to_micro(1)}
+    credits_grant(user=alice, credits=1)  # exactly the base price: the inputs' tokens do not fit
 
     with pytest.raises(InsufficientCredits) as caught:
         embed_job_create(user=alice, embedding=_request(), entry=entry)
