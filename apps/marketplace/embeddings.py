@@ -26,7 +26,7 @@ from apps.workers.candidates import workers_ranked
 from apps.workers.metrics import worker_outcome_record, worker_speed_record
 from apps.workers.models import CatalogueModel
 from apps.workers.routing import RoutePreferences
-from apps.workers.selectors import tier_has_workers, worker_holds_job
+from apps.workers.selectors import tier_has_workers, worker_job_state
 from apps.workers.services import worker_claim, worker_release
 from worker import protocol
 
@@ -163,8 +163,12 @@ class EmbedRelay:
             try:
                 message = await self._receive(min(remaining, SILENCE_CHECK_SECONDS))
             except TimeoutError:
-                if await db(worker_holds_job)(worker_id=self.worker_id, job_id=self.job.id):
+                state = await db(worker_job_state)(worker_id=self.worker_id, job_id=self.job.id,
+                                                   silence_seconds=settings.PEER_WORKER_SILENCE_LIMIT)
+                if state == "holds":
                     continue
+                if state == "silent":
+                    raise _WorkerFault("worker_silent", "no word from the worker") from None
                 try:  # its consumer sends the last frame before letting go: one short wait for it
                     message = await self._receive(LAST_FRAME_WAIT)
                 except TimeoutError:

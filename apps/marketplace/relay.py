@@ -19,7 +19,7 @@ from apps.workers.models import CatalogueModel
 from apps.workers.candidates import workers_ranked
 from apps.workers.metrics import worker_outcome_record, worker_speed_record
 from apps.workers.routing import RoutePreferences
-from apps.workers.selectors import tier_has_workers, worker_holds_job
+from apps.workers.selectors import tier_has_workers, worker_job_state
 from apps.workers.services import worker_claim, worker_release
 from worker import protocol
 
@@ -190,9 +190,15 @@ class JobRelay:
             try:
                 message = await self._receive(min(remaining, SILENCE_CHECK_SECONDS) if route_on_error else remaining)
             except TimeoutError:
-                if not route_on_error or await database_sync_to_async(worker_holds_job)(
-                        worker_id=self.worker_id, job_id=self.job.id):
+                if not route_on_error:
                     continue
+                state = await database_sync_to_async(worker_job_state)(
+                    worker_id=self.worker_id, job_id=self.job.id, silence_seconds=settings.PEER_WORKER_SILENCE_LIMIT)
+                if state == "holds":
+                    continue
+                if state == "silent":  # treated as the worker failing: fail over, or end the stream
+                    return {"type": "job.error", "job_id": str(self.job.id), "code": "worker_silent",
+                            "message": f"no word from the worker for {settings.PEER_WORKER_SILENCE_LIMIT:.0f}s"}
                 message = await self._last_frame()
             except LAYER_ERRORS as exc:
                 await self._link_lost(exc)

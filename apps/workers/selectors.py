@@ -1,6 +1,7 @@
 import shlex
 
 from django.conf import settings
+from django.utils import timezone
 
 from apps.credits.models import LedgerAccount
 
@@ -42,10 +43,16 @@ def tier_has_workers(*, tier: str) -> bool:
                Worker.objects.filter(revoked_at__isnull=True).values_list("tiers", flat=True))
 
 
-def worker_holds_job(*, worker_id, job_id) -> bool:
-    """Whether the worker is still claimed for the job (its consumer releases it after the
-    job's last frame, and offlines it when its link drops)."""
-    return Worker.objects.filter(id=worker_id, current_job_id=job_id).exists()
+def worker_job_state(*, worker_id, job_id, silence_seconds: float) -> str:
+    """"holds": the worker is still claimed for the job and heard from lately; "released": its
+    consumer let it go (after the job's last frame, or when its link dropped); "silent": claimed,
+    but nothing from its agent for `silence_seconds` (heartbeats included) — its link died where
+    nobody could say so, e.g. with the node process that held it."""
+    row = Worker.objects.filter(id=worker_id).values("current_job_id", "last_seen_at").first()
+    if row is None or str(row["current_job_id"]) != str(job_id):
+        return "released"
+    cutoff = timezone.now() - timezone.timedelta(seconds=silence_seconds)
+    return "silent" if row["last_seen_at"] is not None and row["last_seen_at"] < cutoff else "holds"
 
 
 def workers_online_count() -> int:

@@ -5,10 +5,12 @@ import asyncio
 import base64
 import json
 import time
+from datetime import timedelta
 
 import httpx
 import openai
 import pytest
+from django.utils import timezone
 
 from apps.accounts.services import api_key_issue, api_key_revoke
 from apps.credits.selectors import balance_get, held_get
@@ -241,7 +243,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_holds_nothing(node_url, c
 
 
 def test_a_worker_gone_silent_is_reaped_and_the_waiting_client_hears_at_once(
-        node_url, catalogue, alice, alice_key, bob_worker):
+        node_url, catalogue, alice, alice_key, bob_worker, settings):
     """The reaper may run in any process (Celery beat, another node): it refunds the job and tells
     the relay over the channel layer, so the client is not left waiting for the job's timeout."""
     from apps.workers.tasks import workers_reap_silent_task
@@ -265,7 +267,9 @@ def test_a_worker_gone_silent_is_reaped_and_the_waiting_client_hears_at_once(
         client = threading.Thread(target=call)
         client.start()
         wait_for_status(bob_worker[0].id, Worker.Status.BUSY)
-        Worker.objects.filter(id=bob_worker[0].id).update(last_seen_at="2000-01-01T00:00:00Z")
+        # Silent by the reaper's limit here, not yet by the node's own (45 s): the reaper acts first.
+        settings.PEER_WORKER_SILENCE_LIMIT = 10
+        Worker.objects.filter(id=bob_worker[0].id).update(last_seen_at=timezone.now() - timedelta(seconds=20))
         workers_reap_silent_task.apply()
         client.join(timeout=30)  # the job's own timeout is 300 s: only the reaper's word ends it sooner
         assert not client.is_alive(), "the client was left waiting after the reaper refunded its job"
@@ -282,3 +286,32 @@ def test_a_body_over_the_size_cap_is_a_413_in_openais_shape_and_nothing_is_held(
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert balance_get(user=alice) == before and not Job.objects.exists()
+
+
+def test_a_worker_whose_link_died_unseen_is_left_for_the_next_one_after_the_silence_limit(
+        catalogue, alice, alice_key, bob, bob_worker):
+    """The node process holding a worker's link can die without a word (SIGKILL, a lost host):
+    the worker still looks busy with the job. The relay notices the silence (no frame, no
+    heartbeat) and moves the job on before its first token, as for any failed worker."""
+    from .conftest import running_node
+
+    async def accept_then_vanish(ws, frame):
+        await ws.send(json.dumps({"type": "job.accepted", "job_id": frame["job_id"]}))
+        # ScriptedAgent sends no heartbeats: from here on it is silent, and stays connected.
+
+    async def serve(ws, frame):
+        await _stream_words(ws, frame, ["still", " here"])
+
+    second, second_token = worker_register(operator=bob, name="bob-cpu-2", tiers=["verified"])
+    bond(second)
+    with running_node("node-silence.log", PEER_WORKER_SILENCE_LIMIT="3") as url, \
+            ScriptedAgent(url, bob_worker[1], catalogue, accept_then_vanish), \
+            ScriptedAgent(url, second_token, catalogue, serve):
+        wait_for_status(bob_worker[0].id, Worker.Status.IDLE)
+        wait_for_status(second.id, Worker.Status.IDLE)
+        Worker.objects.filter(id=second.id).update(last_job_at="2000-01-01T00:00:00Z")
+        Worker.objects.filter(id=bob_worker[0].id).update(last_job_at=None)  # the silent one goes first
+        reply = _client(url, alice_key).chat.completions.create(model="gemma-3-270m", messages=HELLO)
+    assert reply.choices[0].message.content == "still here"
+    job = Job.objects.get(user=alice)
+    assert job.worker_id == second.id and job.status == "completed"
