@@ -60,10 +60,11 @@ def node_process(log_name: str = "node.log", **extra_env):
     """As running_node, yielding (daphne's process, base URL): for tests that kill a node."""
     db = settings.DATABASES["default"]
     port = _free_port()
-    # extra_env may override these test defaults (e.g. PEER_QUEUE_TIMEOUT, REDIS_URL).
+    # extra_env may override these test defaults (e.g. PEER_QUEUE_TIMEOUT, REDIS_URL). The job
+    # timeout is generous: on a loaded 2-core machine the built-in model can drop to 3 tok/s.
     env = {**os.environ,
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-           "PEER_QUEUE_TIMEOUT": "4", "PEER_JOB_TIMEOUT": "60", "PEER_LOG_LEVEL": "INFO", **extra_env}
+           "PEER_QUEUE_TIMEOUT": "4", "PEER_JOB_TIMEOUT": "180", "PEER_LOG_LEVEL": "INFO", **extra_env}
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / log_name, "w")
     # The Procfile's listen backlog (daphne's default is 50): a burst of clients is accepted, not reset.
