@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -32,7 +33,8 @@ JOB_ENDED = ("ended",)  # _claim_next: the job was settled before it could start
 ROUTE_POLL_SECONDS = 0.2
 # The channel layer failing under a job: Redis down or restarting (redis-py raises RedisError,
 # sockets OSError). Frames in flight and group memberships may be gone with it.
-LAYER_ERRORS = (OSError, RedisError)
+# ChannelFull: a channel over its capacity (the layer is falling behind) is a layer failure too.
+LAYER_ERRORS = (OSError, RedisError, ChannelFull)
 # After this long without a frame the relay checks that its worker still holds the job: a frame
 # lost with a restarting Redis would otherwise keep the client waiting for PEER_JOB_TIMEOUT.
 SILENCE_CHECK_SECONDS = 2.0

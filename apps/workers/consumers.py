@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -16,7 +17,8 @@ logger = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 _CLOSE_CODES = {"bad_token": protocol.CLOSE_BAD_TOKEN, "revoked": protocol.CLOSE_REVOKED}
 # The channel layer failing under a link: Redis down or restarting (as relay.LAYER_ERRORS).
-_LAYER_ERRORS = (OSError, RedisError)
+# ChannelFull: a channel over its capacity (the layer is falling behind) is a layer failure too.
+_LAYER_ERRORS = (OSError, RedisError, ChannelFull)
 
 
 class AgentConsumer(AsyncJsonWebsocketConsumer):
