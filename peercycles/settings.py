@@ -118,7 +118,11 @@ if REDIS_URL:
             # redis-py 8 times a read out after 5 s, exactly channels_redis's 5 s blocking pop:
             # a longer socket timeout keeps idle consumers from crashing. Without a retry, every
             # pooled connection fails once after Redis restarts: the first requests would fail.
+            # max_connections: redis-py's asyncio pool allows 100 by default, and a node with
+            # many agent links and streams outgrows it ("Too many connections" dropped links in
+            # the relay benchmark at 200 streams).
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30,
+                                  "max_connections": env_int("PEER_REDIS_MAX_CONNECTIONS", 1000),
                                   "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)}],
                        "capacity": CHANNEL_CAPACITY, "expiry": 120,
                        "prefix": env_str("PEER_CHANNEL_PREFIX", "peercycles")},

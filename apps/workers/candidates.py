@@ -12,7 +12,11 @@ from .selectors import workers_eligible
 
 def worker_price_per_token(worker: Worker, public_model: str) -> int:
     """micro-USDC per token the worker asks for `public_model`, or the node's default price."""
-    offer = (getattr(worker, "offers", None) or {}).get(public_model) or {}
+    return _offer_price(getattr(worker, "offers", None), public_model)
+
+
+def _offer_price(offers, public_model: str) -> int:
+    offer = (offers or {}).get(public_model) or {}
     price = offer.get("price_per_token") if isinstance(offer, dict) else None
     return price if isinstance(price, int) and not isinstance(price, bool) and price >= 0 else settings.PEER_PRICE_PER_TOKEN
 
@@ -37,8 +41,11 @@ def price_ceiling(*, public_model: str, tier: str, max_price: int | None) -> int
     """The per-token price a quote must hold for: the dearest registered worker's offer for the
     model (or the default), never above the client's max_price. Failover can then never cost
     more than was held."""
-    prices = [worker_price_per_token(worker, public_model)
-              for worker in Worker.objects.filter(revoked_at__isnull=True) if tier in worker.tiers]
+    # Two columns rather than whole rows: this runs on every request, and building every
+    # registered worker's model instance was a large part of the node's CPU (docs/benchmarks.md).
+    prices = [_offer_price(offers, public_model)
+              for tiers, offers in Worker.objects.filter(revoked_at__isnull=True).values_list("tiers", "offers")
+              if tier in tiers]
     ceiling = max(prices, default=settings.PEER_PRICE_PER_TOKEN)
     return min(ceiling, max_price) if max_price is not None else ceiling
 

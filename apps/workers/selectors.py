@@ -16,12 +16,18 @@ def catalogue_list():
     return CatalogueModel.objects.filter(active=True).order_by("name")
 
 
+ROUTING_FIELDS = ("id", "name", "tiers", "models_served", "offers", "reputation", "reputation_updated_at",
+                  "channel_name", "status", "last_job_at", "created_at")
+
+
 def workers_eligible(*, entry: CatalogueModel, tier: str, status: str = Worker.Status.IDLE) -> list[tuple[Worker, dict]]:
     """Connected workers of `status` that may serve `tier` and hold an accepted digest of the
     model (and, for the verified tier, a sufficient bond), least recently used first (a
     first-cut fairness rule; scored routing comes later)."""
     found = []
-    queryset = Worker.objects.filter(status=status, revoked_at__isnull=True).order_by("last_job_at", "created_at")
+    # Only what routing reads: this runs for every job, over every idle worker.
+    queryset = Worker.objects.filter(status=status, revoked_at__isnull=True).order_by(
+        "last_job_at", "created_at").only(*ROUTING_FIELDS)
     for worker in queryset:
         if tier not in worker.tiers:
             continue
