@@ -162,8 +162,10 @@ def test_when_a_node_goes_away_mid_job_the_job_fails_over_to_a_worker_on_another
     killed: SIGKILL, so none of A's disconnect handlers run; the agent reconnects through the
     balancer, to node B, and its new link tells the job its worker is gone.
     stopped: SIGTERM, as a deploy or a scale-in does; the balancer has no other node for the
-    agent, so A itself must offline the worker and tell the job before it exits.
-    Either way the job moves on now, not at its timeout."""
+    agent. A tries to offline the worker and tell the job before it exits, but daphne's shutdown
+    does not always let it (when the link closes before daphne cancels the application); then
+    the relay on B sees the worker silent past PEER_WORKER_SILENCE_LIMIT and moves the job on.
+    Either way the job moves on, not at its timeout."""
     survivor, survivor_token = bob_worker
     stranded, stranded_token = worker_register(operator=bob, name="bob-stranded", tiers=["verified"])
     bond(stranded)
@@ -204,8 +206,8 @@ def test_when_a_node_goes_away_mid_job_the_job_fails_over_to_a_worker_on_another
     assert result["text"].strip()
     if stop == "killed":
         assert [port for _, port in backends][-1] == int(node_b.rsplit(":", 1)[1])  # came back via B
-    else:
-        assert stranded_after_exit == Worker.Status.OFFLINE  # not a dead link left looking idle
+    else:  # offline at once, or still claimed by the dead link (never idle: it would get jobs)
+        assert stranded_after_exit in (Worker.Status.OFFLINE, Worker.Status.BUSY)
     job = Job.objects.get(user=alice)
     _assert_settled_once(job, survivor.id)
     assert _worker_earned(stranded.id) == 0 and held_get(user=alice) == 0
@@ -235,9 +237,14 @@ def test_a_node_stopped_mid_stream_settles_its_job_and_frees_the_worker_on_the_o
             job = Job.objects.get(user=alice)
             assert job.hold_state != "held"  # settled by the stopping node, not left to the reaper
             wait_for_status(worker.id, Worker.Status.IDLE, timeout=30)
+            # The cancel reached the agent, which closed its backend stream (the mock sees it
+            # when its next token cannot be written).
+            deadline = time.monotonic() + 15
+            while slow.disconnects < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
     finally:
         slow.stop()
-    assert slow.disconnects == 1  # the cancel reached the agent, which closed its backend stream
+    assert slow.disconnects == 1
     assert (job.status, job.finish_reason) == ("completed", "cancelled")
     assert 0 < job.charged_amount < job.hold_amount and held_get(user=alice) == 0
     assert "".join(received).startswith(job.output_text[:len("".join(received))])
