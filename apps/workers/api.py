@@ -6,8 +6,6 @@ Errors are `{"detail": "...", "code": "..."}`; bad input adds `errors` per field
 A worker token is in the response that issues it and nowhere else, ever.
 """
 
-from collections.abc import Mapping
-
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -15,10 +13,11 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.staking.api import StrictSerializer
 from apps.staking.selectors import worker_bond_get
 
 from .selectors import (agent_command, node_url, worker_earnings_get, worker_jobs_recent, worker_link_state,
-                        worker_of_operator, worker_payouts_recent, workers_of_operator)
+                        worker_of_operator, worker_payouts_recent, worker_reputation_now, workers_of_operator)
 from .services import (WorkerInputError, worker_onboard, worker_revoke_and_disconnect,
                        worker_token_rotate_and_disconnect, worker_update)
 
@@ -28,17 +27,6 @@ OFFERS_HELP = ('Public model name -> {"price_per_token": whole micro-USDC, 0..10
 
 
 # --- serializers --------------------------------------------------------------------------
-
-class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know, so a typo is an error rather than silently ignored."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, Mapping):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
-
 
 class WorkerCreateSerializer(StrictSerializer):
     # Blank passes here so that the service's checks report it together with every other field.
@@ -146,10 +134,9 @@ def _issued(worker, raw_token: str, http_status: int, headers=None) -> Response:
 
 def _detail(worker) -> dict:
     """WorkerDetailSerializer's shape: the worker, its earnings, bond, reputation and payouts."""
-    measured = getattr(worker, "reputation_updated_at", None) is not None
     return {**WorkerSerializer(worker).data, "earnings_micro_usdc": worker_earnings_get(worker=worker),
             "bond": worker_bond_get(worker=worker), "bond_required": settings.PEER_VERIFIED_BOND,
-            "reputation": getattr(worker, "reputation", None) if measured else None,
+            "reputation": worker_reputation_now(worker=worker),
             "payouts": PayoutSerializer(worker_payouts_recent(worker=worker), many=True).data}
 
 

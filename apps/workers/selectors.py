@@ -115,6 +115,15 @@ def worker_jobs_recent(*, worker: Worker, limit: int = 50):
     return worker.jobs.order_by("-created_at")[:limit]
 
 
+def worker_reputation_now(*, worker: Worker) -> float | None:
+    """The reputation routing uses now (decayed since its last outcome), or None if never measured."""
+    from .metrics import decayed
+
+    if worker.reputation_updated_at is None:
+        return None
+    return decayed(worker.reputation, worker.reputation_updated_at, timezone.now())
+
+
 def worker_earnings_get(*, worker: Worker) -> int:
     """micro-USDC earned and not yet paid out (the worker's ledger account; reads create nothing)."""
     return LedgerAccount.objects.filter(code=f"worker:{worker.pk}:USDC").values_list(

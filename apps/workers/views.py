@@ -16,7 +16,7 @@ from apps.staking.selectors import worker_bond_get
 from .forms import PayoutAddressForm, WorkerOffersForm, WorkerRegisterForm
 from .models import Worker
 from .selectors import (agent_command, catalogue_list, node_url, worker_earnings_get, worker_jobs_recent,
-                        worker_of_operator, worker_payouts_recent, workers_of_operator)
+                        worker_of_operator, worker_payouts_recent, worker_reputation_now, workers_of_operator)
 from .services import (WorkerInputError, worker_onboard, worker_revoke_and_disconnect,
                        worker_token_rotate_and_disconnect, worker_update)
 
@@ -74,13 +74,12 @@ def worker_register(request):
 
 def _detail_context(worker: Worker) -> dict:
     bond = worker_bond_get(worker=worker)
-    measured = getattr(worker, "reputation_updated_at", None) is not None
     return {
         "worker": worker, "jobs": worker_jobs_recent(worker=worker), "earnings": worker_earnings_get(worker=worker),
         "payouts": worker_payouts_recent(worker=worker), "bond": bond, "bond_peer": peer_text(bond),
         "bond_required": settings.PEER_VERIFIED_BOND, "bond_required_peer": peer_text(settings.PEER_VERIFIED_BOND),
         "bond_sufficient": bond >= settings.PEER_VERIFIED_BOND,
-        "reputation": getattr(worker, "reputation", None) if measured else None,
+        "reputation": worker_reputation_now(worker=worker),
         "payout_form": PayoutAddressForm(initial={"payout_address": worker.payout_address}),
         "offers_form": WorkerOffersForm(catalogue=catalogue_list(), offers=worker.offers),
         "default_price": settings.PEER_PRICE_PER_TOKEN,

@@ -184,8 +184,6 @@ def test_a_bonded_worker_is_shown_as_bonded_for_the_verified_tier(bobs_browser, 
 
 
 def test_a_measured_reputation_is_shown(bobs_browser, bobs_worker):
-    if not hasattr(Worker, "reputation_updated_at"):
-        pytest.skip("reputation is not measured on this node yet")
     Worker.objects.filter(id=bobs_worker.id).update(reputation=0.87, reputation_updated_at=timezone.now())
 
     page = bobs_browser.get(f"/operator/workers/{bobs_worker.id}/").content.decode()
