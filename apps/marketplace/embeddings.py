@@ -31,7 +31,8 @@ from apps.workers.services import worker_claim, worker_release
 from worker import protocol
 
 from .models import Job
-from .relay import LAST_FRAME_WAIT, LAYER_ERRORS, ROUTE_POLL_SECONDS, SILENCE_CHECK_SECONDS, JobFailed, job_group
+from .relay import (LAST_FRAME_WAIT, LAYER_ERRORS, ROUTE_POLL_SECONDS, SILENCE_CHECK_SECONDS, JobFailed, JobMailbox,
+                    job_group)
 from .services import embed_job_complete, job_fail, job_start
 from .vectors import vectors_problem
 
@@ -53,7 +54,7 @@ class _WorkerFault(Exception):
 db = database_sync_to_async  # every ORM call runs in asgiref's thread
 
 
-class EmbedRelay:
+class EmbedRelay(JobMailbox):
     def __init__(self, *, job: Job, entry: CatalogueModel, route: RoutePreferences | None = None):
         self.job, self.entry, self.route = job, entry, route
         self.layer = get_channel_layer()
@@ -202,25 +203,7 @@ class EmbedRelay:
 
     async def _let_go(self) -> None:
         await self._let_go_of_worker()
-        if self._receiving is not None:
-            self._receiving.cancel()
-        if self.channel:
-            try:
-                await self.layer.group_discard(job_group(self.job.id), self.channel)
-            except LAYER_ERRORS:  # the membership expires on its own (the layer's group_expiry)
-                logger.warning("embedding job %s: could not leave its group", self.job.id)
-
-    async def _receive(self, timeout: float) -> dict:
-        """The next message on the relay's channel. A wait that times out leaves the receive
-        pending for the next call (as JobRelay's): cancelling channels_redis's receive can drop
-        a message."""
-        if self._receiving is None:
-            self._receiving = asyncio.ensure_future(self.layer.receive(self.channel))
-        done, _ = await asyncio.wait({self._receiving}, timeout=timeout)
-        if not done:
-            raise TimeoutError
-        received, self._receiving = self._receiving, None
-        return received.result()
+        await self._leave_group()
 
     async def _refund(self, code: str, message: str) -> None:
         self.job = await db(job_fail)(job_id=self.job.id, code=code, message=message)

@@ -51,7 +51,32 @@ def job_group(job_id) -> str:
     return f"job.{job_id}"
 
 
-class JobRelay:
+class JobMailbox:
+    """A relay's own channel in the job's group: what the worker's consumer sends the job's
+    frames to. Needs `self.layer`, `self.channel`, `self._receiving` and `self.job`."""
+
+    async def _receive(self, timeout: float) -> dict:
+        """The next message on the relay's channel. A wait that times out leaves the receive
+        pending for the next call: cancelling channels_redis's receive can drop a message."""
+        if self._receiving is None:
+            self._receiving = asyncio.ensure_future(self.layer.receive(self.channel))
+        done, _ = await asyncio.wait({self._receiving}, timeout=timeout)
+        if not done:
+            raise TimeoutError
+        received, self._receiving = self._receiving, None
+        return received.result()
+
+    async def _leave_group(self) -> None:
+        if self._receiving is not None:
+            self._receiving.cancel()
+        if self.channel:
+            try:
+                await self.layer.group_discard(job_group(self.job.id), self.channel)
+            except LAYER_ERRORS:  # the membership expires on its own (the layer's group_expiry)
+                logger.warning("job %s: could not leave its group; the channel layer is down", self.job.id)
+
+
+class JobRelay(JobMailbox):
     def __init__(self, *, job: Job, entry: CatalogueModel, route: RoutePreferences | None = None):
         self.job, self.entry, self.route = job, entry, route
         self.model_id = ""
@@ -109,13 +134,7 @@ class JobRelay:
         self.settled = True
 
     async def close(self) -> None:
-        if self._receiving is not None:
-            self._receiving.cancel()
-        if self.channel:
-            try:
-                await self.layer.group_discard(job_group(self.job.id), self.channel)
-            except LAYER_ERRORS:  # the membership expires on its own (the layer's group_expiry)
-                logger.warning("job %s: could not leave its group; the channel layer is down", self.job.id)
+        await self._leave_group()
 
     async def _route(self, *, deadline: float) -> None:
         tier_checked = False
@@ -207,17 +226,6 @@ class JobRelay:
             # Frames from a worker this job already left (after a failover) are stale.
             if message.get("worker_id") == str(self.worker_id):
                 return message["frame"]
-
-    async def _receive(self, timeout: float) -> dict:
-        """The next message on the relay's channel. A wait that times out leaves the receive
-        pending for the next call: cancelling channels_redis's receive can drop a message."""
-        if self._receiving is None:
-            self._receiving = asyncio.ensure_future(self.layer.receive(self.channel))
-        done, _ = await asyncio.wait({self._receiving}, timeout=timeout)
-        if not done:
-            raise TimeoutError
-        received, self._receiving = self._receiving, None
-        return received.result()
 
     async def _last_frame(self) -> dict:
         """The worker no longer holds the job, yet its last frame has not arrived. Its consumer

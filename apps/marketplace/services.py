@@ -111,19 +111,26 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
         prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
     inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
                                params=job.params, prompt=job.prompt_text(), output=output_text)
+    return _job_capture(job_id=job_id, charge=charge, completion_tokens=completion_tokens,
+                        output_text=output_text, finish_reason=finish_reason, model_digest=model_digest,
+                        commitment={"inputs": inputs, "hash": commitment_hash(inputs), "usage_source": usage_source})
+
+
+def _job_capture(*, job_id, charge: int, **fields) -> Job:
+    """Capture `charge` of the job's hold (the 70/24/6 split), release the rest and record it
+    completed with `fields`. Locks the job row, then the ledger accounts; a no-op returning the
+    job when it was settled already."""
     with transaction.atomic(durable=True):
         job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
         credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
                                  worker=job.worker, reference=job.reference)
-        job.status, job.hold_state = Job.Status.COMPLETED, Job.HoldState.CAPTURED
-        job.charged_amount, job.completion_tokens = charge, completion_tokens
-        job.output_text, job.finish_reason, job.model_digest = output_text, finish_reason, model_digest
-        job.commitment = {"inputs": inputs, "hash": commitment_hash(inputs), "usage_source": usage_source}
+        job.status, job.hold_state, job.charged_amount = Job.Status.COMPLETED, Job.HoldState.CAPTURED, charge
         job.finished_at = timezone.now()
-        job.save(update_fields=["status", "hold_state", "charged_amount", "completion_tokens", "output_text",
-                                "finish_reason", "model_digest", "commitment", "finished_at"])
+        for name, value in fields.items():
+            setattr(job, name, value)
+        job.save(update_fields=["status", "hold_state", "charged_amount", "finished_at", *fields])
     return job
 
 
@@ -210,17 +217,6 @@ def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str)
     output = base64.b64encode(float32_bytes(vectors)).decode("ascii")
     inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
                                params={}, prompt=inputs_text(job.inputs), output=output)
-    with transaction.atomic(durable=True):
-        job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
-        if job.hold_state != Job.HoldState.HELD:
-            return job
-        credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
-                                 worker=job.worker, reference=job.reference)
-        job.status, job.hold_state, job.charged_amount = Job.Status.COMPLETED, Job.HoldState.CAPTURED, charge
-        job.completion_tokens, job.finish_reason, job.model_digest = 0, "stop", model_digest
-        job.commitment = {"inputs": inputs, "hash": commitment_hash(inputs),
-                          "usage_source": job.params.get("usage_source")}
-        job.finished_at = timezone.now()
-        job.save(update_fields=["status", "hold_state", "charged_amount", "completion_tokens",
-                                "finish_reason", "model_digest", "commitment", "finished_at"])
-    return job
+    return _job_capture(job_id=job_id, charge=charge, completion_tokens=0, finish_reason="stop",
+                        model_digest=model_digest, commitment={"inputs": inputs, "hash": commitment_hash(inputs),
+                                                               "usage_source": job.params.get("usage_source")})
