@@ -1,6 +1,7 @@
 """Worker registry writes: registration, the agent link's life cycle, claiming for a job."""
 
 import hashlib
+import logging
 import secrets
 
 from asgiref.sync import async_to_sync
@@ -10,6 +11,8 @@ from django.utils import timezone
 from solders.pubkey import Pubkey
 
 from .models import TIERS, CatalogueModel, Worker
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pcw_"
 
@@ -110,6 +113,19 @@ def workers_reap_silent(*, silence_seconds: float) -> list[tuple]:
                  .values_list("id", "channel_name"))
     return [(worker_id, job) for worker_id, channel in stale
             if (job := worker_disconnect(worker_id=worker_id, channel_name=channel))]
+
+
+def job_relay_tell_worker_lost(*, worker_id, job_id) -> None:
+    """The relay waiting on the job may be in another node process: tell it over the channel
+    layer that its worker is gone, so its client gets an answer now instead of at the job's
+    timeout. Best effort: without the layer the relay still ends at its own deadline."""
+    message = "The worker stopped answering; the whole price was refunded."
+    try:
+        async_to_sync(get_channel_layer().group_send)(f"job.{job_id}", {
+            "type": "job.frame", "worker_id": str(worker_id),
+            "frame": {"type": "job.error", "job_id": str(job_id), "code": "worker_lost", "message": message}})
+    except Exception:  # noqa: BLE001 - any layer failure: the caller's refund already stands
+        logger.warning("could not tell job %s's relay that worker %s is lost", job_id, worker_id)
 
 
 # --- Operator onboarding: the checked writes behind /operator/ and /api/workers/ ---------------
