@@ -7,8 +7,8 @@ from django.db import transaction
 
 from .ledger import (  # noqa: F401  (re-exported: the ledger's API lives with the credits)
     EXTERNAL_USDC_CODE, PAYOUTS_PENDING_CODE, PEER_BURNED_CODE, PEER_ISSUER_CODE, PROMO_CODE,
-    STAKERS_POOL_CODE, TREASURY_CODE, IdempotencyConflict, InsufficientFunds, Leg, LedgerError,
-    account_get_or_create, ledger_post, system_account)
+    STAKERS_POOL_CODE, TREASURY_CODE, AccountSpec, IdempotencyConflict, InsufficientFunds, Leg, LedgerError,
+    account_get_or_create, ledger_post, system_account, system_spec)
 from .models import AccountKind, LedgerAccount, LedgerTransaction
 from .pricing import credits_to_micro, split_capture, validator_pay
 
@@ -26,6 +26,19 @@ def worker_account(*, worker) -> LedgerAccount:
                                  user=worker.operator)
 
 
+# The same accounts as specs, for the postings of every job: named, not read (ledger.AccountSpec).
+def _user_spec(user_id) -> AccountSpec:
+    return AccountSpec(code=f"user:{user_id}:USDC", kind=AccountKind.USER, user_id=user_id)
+
+
+def _user_held_spec(user_id) -> AccountSpec:
+    return AccountSpec(code=f"user:{user_id}:held:USDC", kind=AccountKind.HELD, user_id=user_id)
+
+
+def _worker_spec(worker) -> AccountSpec:
+    return AccountSpec(code=f"worker:{worker.pk}:USDC", kind=AccountKind.WORKER, user_id=worker.operator_id)
+
+
 def credits_grant(*, user, credits: int, memo: str = "", idempotency_key: str | None = None) -> LedgerTransaction:
     """Promotional credits from the treasury's promo (issuer) account to the user."""
     if credits <= 0:
@@ -39,7 +52,7 @@ def credits_grant(*, user, credits: int, memo: str = "", idempotency_key: str | 
 
 def credits_hold_in_atomic(*, user, amount: int, reference: str) -> LedgerTransaction:
     """Move `amount` from the user's credits to their held account. Caller holds an atomic block."""
-    available, held = user_account(user=user), user_held_account(user=user)
+    available, held = _user_spec(user.pk), _user_held_spec(user.pk)
     return ledger_post(kind="hold", reference=reference, idempotency_key=f"{reference}:hold",
                        legs=[Leg(available, -amount), Leg(held, amount)])
 
@@ -52,13 +65,12 @@ def credits_settle_in_atomic(*, user, held_amount: int, charge: int, worker, ref
     """
     if not 0 <= charge <= held_amount:
         raise LedgerError(f"charge {charge} outside the hold 0..{held_amount}")
-    held, available = user_held_account(user=user), user_account(user=user)
+    held, available = _user_held_spec(user.pk), _user_spec(user.pk)
     legs = [Leg(held, -held_amount), Leg(available, held_amount - charge)]
     if charge:
         split = split_capture(charge)
-        legs += [Leg(worker_account(worker=worker), split.worker),
-                 Leg(system_account(STAKERS_POOL_CODE), split.stakers_pool),
-                 Leg(system_account(TREASURY_CODE), split.treasury)]
+        legs += [Leg(_worker_spec(worker), split.worker), Leg(system_spec(STAKERS_POOL_CODE), split.stakers_pool),
+                 Leg(system_spec(TREASURY_CODE), split.treasury)]
     return ledger_post(kind="capture" if charge else "refund", reference=reference,
                        idempotency_key=f"{reference}:settle", legs=legs)
 

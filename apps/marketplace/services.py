@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
-from apps.workers.candidates import price_ceiling
+from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex
 
@@ -45,7 +45,7 @@ def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:
         raise ApiError(400, f"This model's context is {entry.context_length} tokens; the messages take "
                        f"{prompt_tokens} and max_tokens asks for {chat.max_tokens}.",
                        param="messages", code="context_length_exceeded")
-    ceiling = price_ceiling(public_model=entry.name, tier=chat.tier, max_price=chat.route.max_price_per_token)
+    ceiling = price_ceiling(entry=entry, tier=chat.tier, max_price=chat.route.max_price_per_token)
     amount = job_price(base=settings.PEER_TIER_BASE_PRICE[chat.tier], per_token=ceiling,
                        prompt_tokens=prompt_tokens, completion_tokens=chat.max_tokens)
     return Quote(prompt_tokens=prompt_tokens, amount=amount, price_ceiling=ceiling)
@@ -96,34 +96,39 @@ def job_start(*, job_id, worker_id, model_digest: str, price_per_token: int) -> 
         started_at=timezone.now()) == 1
 
 
-def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: str) -> Job:
+def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: str,
+                 entry: CatalogueModel | None = None) -> Job:
     """Count usage, compute the commitment, capture the actual price and release the rest.
 
-    Locks the job row, then the ledger accounts. Settling twice is a no-op that returns the job.
+    `entry` is the job's catalogue entry when the caller has it (read otherwise). Locks the job
+    row, then the ledger accounts. Settling twice is a no-op that returns the job.
     """
-    job = Job.objects.select_related("worker").get(id=job_id)
-    entry = CatalogueModel.objects.filter(name=job.public_model).first()
-    completion_tokens, usage_source = count_tokens(output_text, add_bos=False,
-                                                   tokenizer_path=entry.tokenizer_path if entry else "")
-    completion_tokens = min(completion_tokens, job.params["max_tokens"])
-    charge = min(job.hold_amount, job_price(
-        base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
-        prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
-    inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
-                               params=job.params, prompt=job.prompt_text(), output=output_text)
-    return _job_capture(job_id=job_id, charge=charge, completion_tokens=completion_tokens,
-                        output_text=output_text, finish_reason=finish_reason, model_digest=model_digest,
-                        commitment={"inputs": inputs, "hash": commitment_hash(inputs), "usage_source": usage_source})
+    def settle(job: Job) -> tuple[int, dict]:
+        catalogue = entry if entry is not None else CatalogueModel.objects.filter(name=job.public_model).first()
+        completion_tokens, usage_source = count_tokens(output_text, add_bos=False,
+                                                       tokenizer_path=catalogue.tokenizer_path if catalogue else "")
+        completion_tokens = min(completion_tokens, job.params["max_tokens"])
+        charge = min(job.hold_amount, job_price(
+            base=settings.PEER_TIER_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
+            prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
+        inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
+                                   params=job.params, prompt=job.prompt_text(), output=output_text)
+        return charge, {"completion_tokens": completion_tokens, "output_text": output_text,
+                        "finish_reason": finish_reason, "model_digest": model_digest,
+                        "commitment": {"inputs": inputs, "hash": commitment_hash(inputs), "usage_source": usage_source}}
+
+    return _job_capture(job_id=job_id, settle=settle)
 
 
-def _job_capture(*, job_id, charge: int, **fields) -> Job:
-    """Capture `charge` of the job's hold (the 70/24/6 split), release the rest and record it
-    completed with `fields`. Locks the job row, then the ledger accounts; a no-op returning the
-    job when it was settled already."""
+def _job_capture(*, job_id, settle) -> Job:
+    """Capture what `settle(job)` charges of the job's hold (the 70/24/6 split), release the rest
+    and record it completed with the fields `settle` returns as well ((charge, fields)). Locks the
+    job row, then the ledger accounts; a no-op returning the job when it was settled already."""
     with transaction.atomic(durable=True):
         job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
+        charge, fields = settle(job)
         credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
                                  worker=job.worker, reference=job.reference)
         job.status, job.hold_state, job.charged_amount = Job.Status.COMPLETED, Job.HoldState.CAPTURED, charge
@@ -137,7 +142,7 @@ def _job_capture(*, job_id, charge: int, **fields) -> Job:
 def job_fail(*, job_id, code: str, message: str) -> Job:
     """Refund the whole hold and mark the job failed. A no-op on a job already settled."""
     with transaction.atomic(durable=True):
-        job = Job.objects.select_for_update().get(id=job_id)
+        job = Job.objects.select_for_update(of=("self",)).select_related("user").get(id=job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
         credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=0, worker=None,
@@ -187,8 +192,7 @@ def embedding_quote(*, embedding: EmbeddingRequest, entry: CatalogueModel) -> Em
                            f"tokens of text per input. Split the text; nothing is cut silently.",
                            param="input", code="context_length_exceeded")
     prompt_tokens = sum(counted.tokens)
-    ceiling = price_ceiling(public_model=entry.name, tier=embedding.tier,
-                            max_price=embedding.route.max_price_per_token)
+    ceiling = price_ceiling(entry=entry, tier=embedding.tier, max_price=embedding.route.max_price_per_token)
     amount = job_price(base=settings.PEER_EMBEDDING_BASE_PRICE[embedding.tier], per_token=ceiling,
                        prompt_tokens=prompt_tokens, completion_tokens=0)
     return EmbeddingQuote(prompt_tokens=prompt_tokens, amount=amount, price_ceiling=ceiling,
@@ -209,14 +213,17 @@ def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str)
     """Capture the price for the node's token count at the serving worker's offer, release the
     rest, and commit to the vectors. Locks the job row, then the ledger accounts; a no-op on a
     job already settled. The vectors are not stored: the commitment hashes them."""
-    job = Job.objects.get(id=job_id)
-    charge = min(job.hold_amount, job_price(
-        base=settings.PEER_EMBEDDING_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
-        prompt_tokens=job.prompt_tokens, completion_tokens=0))
     # The output is the base64 of the float32 vectors: exact, where printed decimals are not.
     output = base64.b64encode(float32_bytes(vectors)).decode("ascii")
-    inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
-                               params={}, prompt=inputs_text(job.inputs), output=output)
-    return _job_capture(job_id=job_id, charge=charge, completion_tokens=0, finish_reason="stop",
-                        model_digest=model_digest, commitment={"inputs": inputs, "hash": commitment_hash(inputs),
-                                                               "usage_source": job.params.get("usage_source")})
+
+    def settle(job: Job) -> tuple[int, dict]:
+        charge = min(job.hold_amount, job_price(
+            base=settings.PEER_EMBEDDING_BASE_PRICE[job.tier], per_token=job.price_per_token or 0,
+            prompt_tokens=job.prompt_tokens, completion_tokens=0))
+        inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
+                                   params={}, prompt=inputs_text(job.inputs), output=output)
+        return charge, {"completion_tokens": 0, "finish_reason": "stop", "model_digest": model_digest,
+                        "commitment": {"inputs": inputs, "hash": commitment_hash(inputs),
+                                       "usage_source": job.params.get("usage_source")}}
+
+    return _job_capture(job_id=job_id, settle=settle)

@@ -42,25 +42,42 @@ def ewma(previous: float | None, sample: float) -> float:
 
 def worker_outcome_record(*, worker_id, outcome: str) -> float:
     """Fold one outcome into the worker's reputation. Locks the worker row."""
-    now = timezone.now()
     with transaction.atomic():
-        worker = Worker.objects.select_for_update().only("reputation", "reputation_updated_at").get(id=worker_id)
-        reputation = after_outcome(worker.reputation, worker.reputation_updated_at, now, outcome)
-        counter = "jobs_completed" if outcome == "completed" else "jobs_failed" if outcome == "failed" else None
-        updates = {"reputation": reputation, "reputation_updated_at": now}
-        if counter:
-            updates[counter] = F(counter) + 1
-        Worker.objects.filter(id=worker_id).update(**updates)
-    return reputation
+        return _outcome_fold(worker_id=worker_id, outcome=outcome)
 
 
 def worker_speed_record(*, worker_id, model_id: str, ttft_ms: float | None, tokens_per_second: float | None) -> None:
     """Fold one job's measured speed into the (worker, model) averages. Locks that stats row."""
     with transaction.atomic():
-        stats, _ = WorkerModelStats.objects.select_for_update().get_or_create(worker_id=worker_id, model_id=model_id)
-        if ttft_ms is not None:
-            stats.ttft_ms = ewma(stats.ttft_ms, ttft_ms)
-        if tokens_per_second is not None:
-            stats.tokens_per_second = ewma(stats.tokens_per_second, tokens_per_second)
-        stats.samples += 1
-        stats.save(update_fields=["ttft_ms", "tokens_per_second", "samples", "updated_at"])
+        _speed_fold(worker_id=worker_id, model_id=model_id, ttft_ms=ttft_ms, tokens_per_second=tokens_per_second)
+
+
+def worker_completion_record(*, worker_id, model_id: str, ttft_ms: float | None,
+                             tokens_per_second: float | None) -> None:
+    """A completed job: its speed and its outcome, in one transaction (the relay's every job).
+    Locks the stats row, then the worker row."""
+    with transaction.atomic():
+        _speed_fold(worker_id=worker_id, model_id=model_id, ttft_ms=ttft_ms, tokens_per_second=tokens_per_second)
+        _outcome_fold(worker_id=worker_id, outcome="completed")
+
+
+def _outcome_fold(*, worker_id, outcome: str) -> float:
+    now = timezone.now()
+    worker = Worker.objects.select_for_update().only("reputation", "reputation_updated_at").get(id=worker_id)
+    reputation = after_outcome(worker.reputation, worker.reputation_updated_at, now, outcome)
+    counter = "jobs_completed" if outcome == "completed" else "jobs_failed" if outcome == "failed" else None
+    updates = {"reputation": reputation, "reputation_updated_at": now}
+    if counter:
+        updates[counter] = F(counter) + 1
+    Worker.objects.filter(id=worker_id).update(**updates)
+    return reputation
+
+
+def _speed_fold(*, worker_id, model_id: str, ttft_ms: float | None, tokens_per_second: float | None) -> None:
+    stats, _ = WorkerModelStats.objects.select_for_update().get_or_create(worker_id=worker_id, model_id=model_id)
+    if ttft_ms is not None:
+        stats.ttft_ms = ewma(stats.ttft_ms, ttft_ms)
+    if tokens_per_second is not None:
+        stats.tokens_per_second = ewma(stats.tokens_per_second, tokens_per_second)
+    stats.samples += 1
+    stats.save(update_fields=["ttft_ms", "tokens_per_second", "samples", "updated_at"])
