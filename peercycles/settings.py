@@ -222,6 +222,9 @@ PEER_QUEUE_TIMEOUT = env_float("PEER_QUEUE_TIMEOUT", 30.0)
 # Jobs that may wait for a worker per model and tier; past it a request gets 429 at once.
 PEER_QUEUE_LIMIT = env_int("PEER_QUEUE_LIMIT", 200)
 PEER_JOB_TIMEOUT = env_float("PEER_JOB_TIMEOUT", 300.0)
+# How long a node process reuses its routing roster (workers eligible for a model and tier, their
+# scores, the dearest offer) before reading it again; see apps/workers/roster.py. 0: every job.
+PEER_ROUTING_CACHE_SECONDS = env_float("PEER_ROUTING_CACHE_SECONDS", 1.0)
 # A worker that sends nothing for this long is taken offline.
 PEER_HEARTBEAT_INTERVAL = env_float("PEER_HEARTBEAT_INTERVAL", 10.0)
 PEER_WORKER_SILENCE_LIMIT = env_float("PEER_WORKER_SILENCE_LIMIT", 45.0)

@@ -80,3 +80,14 @@ def bond(worker, amount=None):
     peer_grant(user=worker.operator, amount=amount)
     bond_lock(worker=worker, amount=amount)
     return worker
+
+
+@pytest.fixture(autouse=True)
+def _fresh_routing_roster():
+    """Routing rosters are cached per process (apps/workers/roster.py): one test's workers must
+    not be routed to in the next, whose database no longer has them."""
+    from apps.workers.roster import roster_forget
+
+    roster_forget()
+    yield
+    roster_forget()

@@ -22,12 +22,12 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from apps.workers.candidates import workers_ranked
-from apps.workers.metrics import worker_outcome_record, worker_speed_record
+from apps.workers.metrics import worker_completion_record, worker_outcome_record
 from apps.workers.models import CatalogueModel
+from apps.workers.roster import tier_has_workers, workers_ranked
 from apps.workers.routing import RoutePreferences
-from apps.workers.selectors import tier_has_workers, worker_job_state
-from apps.workers.services import worker_claim, worker_release
+from apps.workers.selectors import worker_job_state
+from apps.workers.services import worker_claim_first, worker_release
 from worker import protocol
 
 from .models import Job
@@ -87,7 +87,7 @@ class EmbedRelay(JobMailbox):
             await self._let_go()
 
     async def _serve(self) -> list[list[float]]:
-        if not await db(tier_has_workers)(tier=self.job.tier):
+        if not await db(tier_has_workers)(entry=self.entry, tier=self.job.tier):
             raise JobFailed(503, "no_workers", f"No worker on this node serves the {self.job.tier} tier.")
         deadline = time.monotonic() + settings.PEER_JOB_TIMEOUT
         while True:
@@ -106,14 +106,17 @@ class EmbedRelay(JobMailbox):
     async def _claim(self, *, deadline: float) -> None:
         """Claim the best idle eligible worker not tried yet, polling until `deadline`."""
         while True:
-            ranked = await db(workers_ranked)(entry=self.entry, tier=self.job.tier, route=self.route,
-                                              price_ceiling=self.job.price_ceiling)
-            for worker, model, price in ranked:
-                if worker.id in self.tried or not await db(worker_claim)(worker_id=worker.id, job_id=self.job.id):
-                    continue
-                self.tried.add(worker.id)
-                self.worker_id, self.worker_channel, self.model = worker.id, worker.channel_name, model
-                if not await db(job_start)(job_id=self.job.id, worker_id=worker.id,
+            ranked = [(worker_id, model, price) for worker_id, model, price in await db(workers_ranked)(
+                entry=self.entry, tier=self.job.tier, route=self.route, price_ceiling=self.job.price_ceiling)
+                if worker_id not in self.tried]
+            claimed = await db(worker_claim_first)(ranked=[(worker_id, model) for worker_id, model, _ in ranked],
+                                                   job_id=self.job.id)
+            if claimed is not None:
+                worker_id, channel = claimed
+                model, price = next((model, price) for wid, model, price in ranked if wid == str(worker_id))
+                self.tried.add(str(worker_id))
+                self.worker_id, self.worker_channel, self.model = worker_id, channel, model
+                if not await db(job_start)(job_id=self.job.id, worker_id=worker_id,
                                            model_digest=model["digest"], price_per_token=price):
                     raise JobFailed(504, "job_timeout", "The job passed its deadline before it ran.")
                 return
@@ -209,10 +212,9 @@ class EmbedRelay(JobMailbox):
         self.job = await db(job_fail)(job_id=self.job.id, code=code, message=message)
 
     async def _send_to_worker(self, frame: dict) -> None:
-        await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame})
+        await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame, "reply_to": self.channel})
 
     def _record_success(self, started: float, first_chunk: float) -> None:
         elapsed = time.monotonic() - started
-        worker_speed_record(worker_id=self.worker_id, model_id=self.model["id"], ttft_ms=first_chunk * 1000,
-                            tokens_per_second=self.job.prompt_tokens / elapsed if elapsed > 0.001 else None)
-        worker_outcome_record(worker_id=self.worker_id, outcome="completed")
+        worker_completion_record(worker_id=self.worker_id, model_id=self.model["id"], ttft_ms=first_chunk * 1000,
+                                 tokens_per_second=self.job.prompt_tokens / elapsed if elapsed > 0.001 else None)

@@ -17,11 +17,11 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.workers.models import CatalogueModel
-from apps.workers.candidates import workers_ranked
-from apps.workers.metrics import worker_outcome_record, worker_speed_record
+from apps.workers.metrics import worker_completion_record, worker_outcome_record
+from apps.workers.roster import tier_has_workers, workers_ranked
 from apps.workers.routing import RoutePreferences
-from apps.workers.selectors import tier_has_workers, worker_job_state
-from apps.workers.services import worker_claim, worker_release
+from apps.workers.selectors import worker_job_state
+from apps.workers.services import worker_claim_first, worker_release
 from worker import protocol
 
 from .models import Job
@@ -127,7 +127,7 @@ class JobRelay(JobMailbox):
         if self.text_parts:
             self.job = await database_sync_to_async(job_complete)(
                 job_id=self.job.id, output_text="".join(self.text_parts), finish_reason="cancelled",
-                model_digest=self.job.model_digest)
+                model_digest=self.job.model_digest, entry=self.entry)
         else:
             self.job = await database_sync_to_async(job_fail)(job_id=self.job.id, code="client_closed",
                                                                message=reason)
@@ -143,7 +143,8 @@ class JobRelay(JobMailbox):
                 return
             # Only once no worker could be claimed: a claimed one proves the tier is served,
             # and each database call from here costs a thread hop and a pooled connection.
-            if not tier_checked and not await database_sync_to_async(tier_has_workers)(tier=self.job.tier):
+            if not tier_checked and not await database_sync_to_async(tier_has_workers)(entry=self.entry,
+                                                                                       tier=self.job.tier):
                 await self._fail(503, "no_workers", f"No worker on this node serves the {self.job.tier} tier.")
             tier_checked = True
             if time.monotonic() >= deadline:
@@ -161,8 +162,8 @@ class JobRelay(JobMailbox):
                 # it): never assign a job nobody will pay for.
                 await self._fail(504, "job_timeout", "The job ran out of time before a worker took it; "
                                  "the whole price was refunded.")
-            worker, model = claimed
-            self.worker_id, self.worker_channel, self.model_id = worker.id, worker.channel_name, model["id"]
+            worker_id, channel, model = claimed
+            self.worker_id, self.worker_channel, self.model_id = worker_id, channel, model["id"]
             self.assigned_at = time.monotonic()
             await self._send_to_worker(protocol.job_assign(
                 job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
@@ -171,34 +172,33 @@ class JobRelay(JobMailbox):
             try:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:
-                logger.warning("worker %s did not accept job %s", worker.id, self.job.id)
-                await database_sync_to_async(worker_outcome_record)(worker_id=worker.id, outcome="failed")
-                await database_sync_to_async(worker_release)(worker_id=worker.id, job_id=self.job.id)
+                logger.warning("worker %s did not accept job %s", worker_id, self.job.id)
+                await database_sync_to_async(worker_outcome_record)(worker_id=worker_id, outcome="failed")
+                await database_sync_to_async(worker_release)(worker_id=worker_id, job_id=self.job.id)
                 continue
             if frame["type"] == "job.accepted":
                 return True
             # job.error before acceptance (e.g. busy): the worker's consumer already released it.
-            logger.info("worker %s refused job %s: %s", worker.id, self.job.id, frame.get("code"))
+            logger.info("worker %s refused job %s: %s", worker_id, self.job.id, frame.get("code"))
         return False
 
     def _claim_next(self) -> tuple | None:
-        """Claim the best idle eligible worker not tried yet and start the job on it: (worker,
-        model), or None when none is left. One database call for ranking, claims and start, so
-        that concurrent jobs racing for the same best workers lose no thread hop per lost claim."""
-        for worker, model, price in self._ranked_workers():
-            if worker.id in self.tried or not worker_claim(worker_id=worker.id, job_id=self.job.id):
-                continue
-            self.tried.add(worker.id)
-            if not job_start(job_id=self.job.id, worker_id=worker.id, model_digest=model["digest"],
-                             price_per_token=price):
-                worker_release(worker_id=worker.id, job_id=self.job.id)
-                return JOB_ENDED
-            return worker, model
-        return None
-
-    def _ranked_workers(self) -> list[tuple]:
-        return workers_ranked(entry=self.entry, tier=self.job.tier, route=self.route,
-                              price_ceiling=self.job.price_ceiling)
+        """Claim the best idle eligible worker not tried yet and start the job on it: (worker id,
+        its channel, model), or None when none is free. One database call for ranking (from the
+        cached roster), the claim (one statement) and the start."""
+        ranked = [(worker_id, model, price) for worker_id, model, price in workers_ranked(
+            entry=self.entry, tier=self.job.tier, route=self.route, price_ceiling=self.job.price_ceiling)
+            if worker_id not in self.tried]
+        claimed = worker_claim_first(ranked=[(worker_id, model) for worker_id, model, _ in ranked], job_id=self.job.id)
+        if claimed is None:
+            return None
+        worker_id, channel = claimed
+        self.tried.add(str(worker_id))
+        model, price = next((model, price) for wid, model, price in ranked if wid == str(worker_id))
+        if not job_start(job_id=self.job.id, worker_id=worker_id, model_digest=model["digest"], price_per_token=price):
+            worker_release(worker_id=worker_id, job_id=self.job.id)
+            return JOB_ENDED
+        return worker_id, channel, model
 
     async def _next_frame(self, deadline: float, route_on_error: bool = True) -> dict:
         while True:
@@ -248,7 +248,7 @@ class JobRelay(JobMailbox):
     def _complete(self, done: dict) -> None:
         """Settle the job and record the worker's speed and success, in one database call."""
         self.job = job_complete(job_id=self.job.id, output_text="".join(self.text_parts),
-                                finish_reason=done["finish_reason"], model_digest=done["model_digest"])
+                                finish_reason=done["finish_reason"], model_digest=done["model_digest"], entry=self.entry)
         self.settled = True
         self._record_success()
 
@@ -257,8 +257,7 @@ class JobRelay(JobMailbox):
         ttft = (self.first_token_at - self.assigned_at) * 1000 if self.first_token_at and self.assigned_at else None
         generating = done - self.first_token_at if self.first_token_at else 0
         tps = (self.job.completion_tokens or 0) / generating if generating > 0.001 else None
-        worker_speed_record(worker_id=self.worker_id, model_id=self.model_id, ttft_ms=ttft, tokens_per_second=tps)
-        worker_outcome_record(worker_id=self.worker_id, outcome="completed")
+        worker_completion_record(worker_id=self.worker_id, model_id=self.model_id, ttft_ms=ttft, tokens_per_second=tps)
 
     async def _on_worker_error(self, frame: dict) -> None:
         if frame.get("code") != "busy":  # a busy worker did nothing wrong; any other error counts
@@ -279,7 +278,7 @@ class JobRelay(JobMailbox):
 
     async def _send_to_worker(self, frame: dict) -> None:
         try:
-            await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame})
+            await self.layer.send(self.worker_channel, {"type": "agent.send", "frame": frame, "reply_to": self.channel})
         except LAYER_ERRORS as exc:
             if frame["type"] == "job.cancel":  # moot: the agent's link fails with the layer too
                 logger.warning("job %s: cancel not delivered: %s", self.job.id, exc)

@@ -20,13 +20,12 @@ ROUTING_FIELDS = ("id", "name", "tiers", "models_served", "offers", "reputation"
                   "channel_name", "status", "last_job_at", "created_at")
 
 
-def workers_eligible(*, entry: CatalogueModel, tier: str, status: str = Worker.Status.IDLE) -> list[tuple[Worker, dict]]:
-    """Connected workers of `status` that may serve `tier` and hold an accepted digest of the
-    model (and, for the verified tier, a sufficient bond), least recently used first (a
-    first-cut fairness rule; scored routing comes later)."""
+def workers_eligible(*, entry: CatalogueModel, tier: str,
+                     statuses: tuple = (Worker.Status.IDLE,)) -> list[tuple[Worker, dict]]:
+    """Connected workers in one of `statuses` that may serve `tier` and hold an accepted digest
+    of the model (and, for the verified tier, a sufficient bond), least recently used first."""
     found = []
-    # Only what routing reads: this runs for every job, over every idle worker.
-    queryset = Worker.objects.filter(status=status, revoked_at__isnull=True).order_by(
+    queryset = Worker.objects.filter(status__in=statuses, revoked_at__isnull=True).order_by(
         "last_job_at", "created_at").only(*ROUTING_FIELDS)
     for worker in queryset:
         if tier not in worker.tiers:
@@ -41,12 +40,6 @@ def workers_eligible(*, entry: CatalogueModel, tier: str, status: str = Worker.S
         bonded = workers_with_sufficient_bond(worker_ids=[worker.id for worker, _ in found])
         found = [(worker, model) for worker, model in found if worker.id in bonded]
     return found
-
-
-def tier_has_workers(*, tier: str) -> bool:
-    """Whether any non-revoked worker is registered for the tier: if none, waiting is pointless."""
-    return any(tier in tiers for tiers in
-               Worker.objects.filter(revoked_at__isnull=True).values_list("tiers", flat=True))
 
 
 def worker_job_state(*, worker_id, job_id, silence_seconds: float) -> str:

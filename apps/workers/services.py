@@ -1,20 +1,29 @@
 """Worker registry writes: registration, the agent link's life cycle, claiming for a job."""
 
 import hashlib
+import json
 import logging
 import secrets
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from solders.pubkey import Pubkey
 
 from .models import TIERS, CatalogueModel, Worker
+from .roster import roster_forget
 
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pcw_"
+
+
+def _routing_facts_changed() -> None:
+    """A worker's tiers, models, offers or standing changed: this process's routing rosters are
+    stale (now, and again at commit, so a roster rebuilt meanwhile misses nothing)."""
+    roster_forget()
+    transaction.on_commit(roster_forget)
 
 
 class WorkerAuthError(Exception):
@@ -35,6 +44,7 @@ def worker_register(*, operator, name: str, tiers: list[str]) -> tuple[Worker, s
     raw_token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     worker = Worker.objects.create(operator=operator, name=name[:100], tiers=list(tiers),
                                    token_hash=worker_token_hash(raw_token), token_prefix=raw_token[:10])
+    _routing_facts_changed()
     return worker, raw_token
 
 
@@ -43,6 +53,7 @@ def worker_token_rotate(*, worker_id) -> str:
     raw_token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     Worker.objects.filter(id=worker_id).update(token_hash=worker_token_hash(raw_token),
                                                token_prefix=raw_token[:10], revoked_at=None)
+    _routing_facts_changed()
     return raw_token
 
 
@@ -69,6 +80,7 @@ def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[W
             status=Worker.Status.IDLE, channel_name=channel_name, current_job_id=None,
             models_served=hello["models"], hardware=hello.get("hardware") or {},
             agent_version=hello["agent_version"][:40], connected_at=now, last_seen_at=now)
+    _routing_facts_changed()  # this process routes to it at once; its models may have changed
     worker.refresh_from_db()
     return worker, previous, stranded_job
 
@@ -95,6 +107,42 @@ def worker_claim(*, worker_id, job_id) -> bool:
         status=Worker.Status.BUSY, current_job_id=job_id) == 1
 
 
+_CLAIM_FIRST_SQL = f"""
+UPDATE {Worker._meta.db_table} SET status = 'busy', current_job_id = %s
+WHERE status = 'idle' AND id = (
+    SELECT w.id FROM {Worker._meta.db_table} w
+    JOIN unnest(%s::uuid[], %s::jsonb[]) WITH ORDINALITY AS wanted(id, model, position) ON w.id = wanted.id
+    WHERE w.status = 'idle' AND w.revoked_at IS NULL AND w.models_served @> jsonb_build_array(wanted.model)
+    ORDER BY wanted.position LIMIT 1
+    FOR UPDATE OF w SKIP LOCKED)
+RETURNING id, channel_name
+"""
+
+
+def worker_claim_first(*, ranked: list[tuple], job_id) -> tuple | None:
+    """Claim the first of `ranked` ((worker id, model entry) pairs, best first) that is idle, not
+    revoked and still serves that model, for `job_id`: (worker id, channel name), or None.
+
+    On PostgreSQL one statement: concurrent jobs skip each other's locked rows, so they take the
+    next worker instead of queueing behind the same best one and retrying it (docs/benchmarks.md).
+    """
+    if not ranked:
+        return None
+    if connection.vendor == "postgresql":
+        ids = [str(worker_id) for worker_id, _ in ranked]
+        models = [json.dumps({"id": model["id"], "digest": model["digest"]}) for _, model in ranked]
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_FIRST_SQL, [str(job_id), ids, models])
+            row = cursor.fetchone()
+        return (row[0], row[1]) if row else None
+    for worker_id, model in ranked:  # SQLite (`make run` without services): one worker at a time
+        served = Worker.objects.filter(id=worker_id).values_list("models_served", flat=True).first() or []
+        if any(m.get("id") == model["id"] and m.get("digest") == model["digest"] for m in served) \
+                and worker_claim(worker_id=worker_id, job_id=job_id):
+            return worker_id, Worker.objects.values_list("channel_name", flat=True).get(id=worker_id)
+    return None
+
+
 def worker_release(*, worker_id, job_id) -> bool:
     """Make the worker idle again after `job_id`; a no-op if it already moved on or went offline."""
     return Worker.objects.filter(id=worker_id, status=Worker.Status.BUSY, current_job_id=job_id).update(
@@ -102,7 +150,9 @@ def worker_release(*, worker_id, job_id) -> bool:
 
 
 def worker_revoke(*, worker_id) -> bool:
-    return Worker.objects.filter(id=worker_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
+    revoked = Worker.objects.filter(id=worker_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
+    _routing_facts_changed()
+    return revoked
 
 
 def workers_reap_silent(*, silence_seconds: float) -> list[tuple]:
@@ -240,6 +290,7 @@ def worker_onboard(*, operator, name, tiers, hardware_description="", offers=Non
         worker, raw_token = worker_register(operator=operator, name=values["name"], tiers=values["tiers"])
         worker.hardware_description, worker.offers = values["hardware_description"], values["offers"]
         worker.save(update_fields=["hardware_description", "offers"])
+    _routing_facts_changed()
     return worker, raw_token
 
 
@@ -256,6 +307,7 @@ def worker_update(*, worker: Worker, name=None, hardware_description=None, payou
         setattr(worker, field, value)
     if changes:
         worker.save(update_fields=list(changes))
+        _routing_facts_changed()
     return worker
 
 
