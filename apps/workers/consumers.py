@@ -23,7 +23,9 @@ _LAYER_ERRORS = (OSError, RedisError, ChannelFull)
 
 
 class AgentConsumer(AsyncJsonWebsocketConsumer):
-    """Forwards the worker's job frames to the group `job.<uuid>`; sends node frames to the agent.
+    """Forwards the worker's job frames to the relay that assigned the job (straight to its
+    channel; to the group `job.<uuid>` when its channel is not known); sends node frames to the
+    agent.
 
     Only frames for jobs assigned on this link are forwarded; anything that breaks the protocol
     drops the link (and the relay of an affected job fails over or refunds).
@@ -60,7 +62,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
-        self.jobs: set[str] = set()
+        self.jobs: dict[str, str] = {}  # job id -> the channel of the relay that assigned it
         await self.accept()
         self.hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._hello_overdue)
 
@@ -117,10 +119,20 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         job_id = frame["job_id"]
         if job_id not in self.jobs:
             return  # a late frame for a job this node already cancelled or never sent
-        await self.channel_layer.group_send(
-            f"job.{job_id}", {"type": "job.frame", "worker_id": str(self.worker_id), "frame": frame})
+        message = {"type": "job.frame", "worker_id": str(self.worker_id), "frame": frame}
+        if relay := self.jobs[job_id]:
+            # One round trip to Redis per frame; a group_send is four (docs/benchmarks.md).
+            try:
+                await self.channel_layer.send(relay, message)
+            except ChannelFull:
+                # The node process's inbox is over capacity (it is falling behind): this frame is
+                # lost, as a group_send would drop it, and the relay ends the job, refunded, at
+                # the gap in sequence numbers or the silence. Other jobs on this link live on.
+                logger.warning("job %s: frame %s dropped, the relay's inbox is full", job_id, frame["type"])
+        else:
+            await self.channel_layer.group_send(f"job.{job_id}", message)
         if frame["type"] in ("job.done", "job.error", "embed.done"):
-            self.jobs.discard(job_id)
+            self.jobs.pop(job_id, None)
         # An embedding job keeps its worker across its chunks: its relay releases it at the end.
         if frame["type"] in ("job.done", "job.error"):
             await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=job_id)
@@ -129,12 +141,12 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         """A frame from the node (job.assign, embed.assign, job.cancel) for this agent."""
         frame = event["frame"]
         if frame["type"] in ("job.assign", "embed.assign"):
-            self.jobs.add(frame["job_id"])
+            self.jobs[frame["job_id"]] = event.get("reply_to") or ""
         await self.send_json(frame)
 
     async def agent_replaced(self, event):
         """Another agent connected with this worker's token: this older link ends."""
-        await self._fail_jobs(self.jobs, "The worker's agent was replaced by a new connection.")
+        await self._fail_jobs(set(self.jobs), "The worker's agent was replaced by a new connection.")
         self.jobs.clear()
         await self._drop("replaced", "Another agent connected with this worker's token.",
                          close_code=protocol.CLOSE_REPLACED)
@@ -144,7 +156,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         goes offline at once (not at the close handshake), so its job fails over right away."""
         job_id = await database_sync_to_async(worker_disconnect)(worker_id=self.worker_id,
                                                                  channel_name=self.channel_name)
-        await self._fail_jobs(self.jobs | ({str(job_id)} if job_id else set()),
+        await self._fail_jobs(set(self.jobs) | ({str(job_id)} if job_id else set()),
                               "The worker's token was revoked.")
         self.jobs.clear()
         await self._drop("revoked", event.get("message") or "This worker's token was revoked.",
@@ -163,7 +175,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             return
         job_id = await database_sync_to_async(worker_disconnect)(worker_id=self.worker_id,
                                                                  channel_name=self.channel_name)
-        await self._fail_jobs(self.jobs | ({str(job_id)} if job_id else set()), "The worker's link dropped.")
+        await self._fail_jobs(set(self.jobs) | ({str(job_id)} if job_id else set()), "The worker's link dropped.")
         logger.info("worker %s offline", self.worker_id)
 
     async def _fail_jobs(self, job_ids, message: str):

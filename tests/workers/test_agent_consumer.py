@@ -117,10 +117,11 @@ async def _listen_to_job(job_id):
     return layer, channel
 
 
-async def _assign(layer, worker_id, job_id):
+async def _assign(layer, worker_id, job_id, reply_to=None):
     worker = await Worker.objects.aget(id=worker_id)
     await layer.send(worker.channel_name, {"type": "agent.send", "frame": protocol.job_assign(
-        job_id=job_id, model=MODEL["id"], model_digest=MODEL["digest"], messages=[], params={})})
+        job_id=job_id, model=MODEL["id"], model_digest=MODEL["digest"], messages=[], params={}),
+        **({"reply_to": reply_to} if reply_to else {})})
 
 
 async def test_job_frames_reach_the_job_group_and_done_frees_the_worker(registered):
@@ -139,6 +140,27 @@ async def test_job_frames_reach_the_job_group_and_done_frees_the_worker(register
     assert second["frame"]["type"] == "job.done"
     refreshed = await Worker.objects.aget(id=worker.id)
     assert refreshed.status == Worker.Status.IDLE and refreshed.current_job_id is None
+    await communicator.disconnect()
+
+
+async def test_frames_go_straight_to_the_relay_that_assigned_the_job(registered):
+    worker, token = registered
+    communicator, _ = await _online(token)
+    job_id = str(uuid.uuid4())
+    await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id)
+    layer, grouped = await _listen_to_job(job_id)
+    relay = await layer.new_channel()  # not in the job's group: only a direct send reaches it
+    await _assign(layer, worker.id, job_id, reply_to=relay)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "job.assign"
+    for seq, text in enumerate(["Hel", "lo"]):
+        await communicator.send_json_to({"type": "job.delta", "job_id": job_id, "seq": seq, "text": text})
+    await communicator.send_json_to({"type": "job.done", "job_id": job_id, "finish_reason": "stop",
+                                     "model_digest": MODEL["digest"]})
+    frames = [(await layer.receive(relay))["frame"] for _ in range(3)]
+    assert [f.get("text") for f in frames[:2]] == ["Hel", "lo"] and frames[2]["type"] == "job.done"
+    import asyncio
+    with pytest.raises(TimeoutError):  # nothing went to the group as well
+        await asyncio.wait_for(layer.receive(grouped), timeout=0.5)
     await communicator.disconnect()
 
 

@@ -1,0 +1,79 @@
+"""What one job costs the database, statement by statement: a budget, so that a change that adds
+round trips to every job is noticed here rather than in the benchmark (docs/benchmarks.md). The
+counts are exact figures of the code, not timings: they do not depend on the machine."""
+
+import json
+import time
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.accounts.selectors import api_key_authenticate
+from apps.accounts.services import api_key_issue
+from apps.credits.services import credits_grant
+from apps.marketplace.demo import catalogue_seed_builtin
+from apps.marketplace.relay import JobRelay
+from apps.marketplace.requests import parse_chat_request
+from apps.marketplace.services import job_create
+from apps.marketplace.views_v1 import _entry_and_queue
+from apps.workers.models import CatalogueModel, Worker
+from apps.workers.services import worker_register, worker_release
+
+pytestmark = pytest.mark.django_db
+# Statements per job on the hot path (see them with -s), savepoints included: here every
+# transaction is a savepoint in the test's own, in production a BEGIN and a COMMIT. Before the
+# roster, the one-statement claim and postings that lock accounts by code it was 1 / 2 / 13 / 2
+# (plus 3 reads of the fleet) / 29. The first job of a roster's life also reads the roster.
+BUDGET = {"authenticate": 1, "entry and queue": 2, "create and hold": 10, "claim and start": 2,
+          "complete and settle": 15}
+
+
+@pytest.fixture
+def entry():
+    catalogue_seed_builtin()
+    return CatalogueModel.objects.get(name="gemma-3-270m")
+
+
+def _worker(operator, entry, name):
+    worker = worker_register(operator=operator, name=name, tiers=["open"])[0]
+    Worker.objects.filter(id=worker.id).update(status="idle", channel_name=f"chan-{name}", models_served=[
+        {"id": entry.served_model, "digest": entry.digests[0], "backend": "builtin"}])
+    return worker
+
+
+def _job_statements(alice, raw_key, entry) -> dict[str, list[str]]:
+    spent = {}
+
+    def step(name, call):
+        with CaptureQueriesContext(connection) as queries:
+            result = call()
+        spent[name] = [q["sql"] for q in queries]
+        return result
+
+    body = json.dumps({"model": entry.name, "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 8, "peer_tier": "open"}).encode()
+    chat = parse_chat_request(body, default_tier="verified", default_max_tokens=32, max_tokens_limit=1024)
+    step("authenticate", lambda: api_key_authenticate(raw_key=raw_key))
+    step("entry and queue", lambda: _entry_and_queue(name=entry.name, tier="open"))
+    job = step("create and hold", lambda: job_create(user=alice, chat=chat, entry=entry))
+    relay = JobRelay(job=job, entry=entry, route=chat.route)
+    worker_id, _, model = step("claim and start", relay._claim_next)
+    relay.worker_id, relay.model_id = worker_id, model["id"]  # as _try_assign does
+    relay.assigned_at = relay.first_token_at = time.monotonic()
+    relay.text_parts = ["Hello", " there"]
+    step("complete and settle", lambda: relay._complete({"finish_reason": "stop", "model_digest": model["digest"]}))
+    worker_release(worker_id=worker_id, job_id=job.id)
+    return spent
+
+
+def test_a_job_stays_within_its_statement_budget(alice, bob, entry):
+    credits_grant(user=alice, credits=1000)
+    raw_key = api_key_issue(user=alice, name="budget")[1]
+    for index in range(3):
+        _worker(bob, entry, f"w{index}")
+    _job_statements(alice, raw_key, entry)  # the first job also creates accounts and reads the roster
+    spent = _job_statements(alice, raw_key, entry)
+    for name, statements in spent.items():
+        print(f"{name}: {len(statements)}\n  " + "\n  ".join(s[:160] for s in statements))
+    assert {name: len(statements) for name, statements in spent.items()} == BUDGET
