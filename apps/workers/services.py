@@ -107,6 +107,7 @@ def worker_claim(*, worker_id, job_id) -> bool:
         status=Worker.Status.BUSY, current_job_id=job_id) == 1
 
 
+CLAIM_BATCH = 32
 _CLAIM_FIRST_SQL = f"""
 UPDATE {Worker._meta.db_table} SET status = 'busy', current_job_id = %s
 WHERE status = 'idle' AND id = (
@@ -129,12 +130,17 @@ def worker_claim_first(*, ranked: list[tuple], job_id) -> tuple | None:
     if not ranked:
         return None
     if connection.vendor == "postgresql":
-        ids = [str(worker_id) for worker_id, _ in ranked]
-        models = [json.dumps({"id": model["id"], "digest": model["digest"]}) for _, model in ranked]
-        with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_FIRST_SQL, [str(job_id), ids, models])
-            row = cursor.fetchone()
-        return (row[0], row[1]) if row else None
+        # The best CLAIM_BATCH first: usually one of them is idle, and a short array is cheap.
+        for start in range(0, len(ranked), CLAIM_BATCH):
+            batch = ranked[start:start + CLAIM_BATCH]
+            ids = [str(worker_id) for worker_id, _ in batch]
+            models = [json.dumps({"id": model["id"], "digest": model["digest"]}) for _, model in batch]
+            with connection.cursor() as cursor:
+                cursor.execute(_CLAIM_FIRST_SQL, [str(job_id), ids, models])
+                row = cursor.fetchone()
+            if row:
+                return row[0], row[1]
+        return None
     for worker_id, model in ranked:  # SQLite (`make run` without services): one worker at a time
         served = Worker.objects.filter(id=worker_id).values_list("models_served", flat=True).first() or []
         if any(m.get("id") == model["id"] and m.get("digest") == model["digest"] for m in served) \

@@ -38,7 +38,10 @@ def _ranked_names(entry, tier="open", route=None, ceiling=10**6):
             workers_ranked(entry=entry, tier=tier, route=route, price_ceiling=ceiling)]
 
 
-def test_the_claim_takes_the_first_ranked_worker_that_is_idle_and_still_serves_the_model(bob, entry):
+@pytest.mark.parametrize("batch", [32, 2], ids=["one batch", "past the first batch"])
+def test_the_claim_takes_the_first_ranked_worker_that_is_idle_and_still_serves_the_model(bob, entry, batch,
+                                                                                        monkeypatch):
+    monkeypatch.setattr("apps.workers.services.CLAIM_BATCH", batch)
     busy = _online(bob, entry, "busy", status="busy")
     revoked = _online(bob, entry, "revoked")
     worker_revoke(worker_id=revoked.id)
