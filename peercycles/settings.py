@@ -114,7 +114,7 @@ if REDIS_URL:
 
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "peercycles.channel_layer.OneTripRedisChannelLayer",
             # redis-py 8 times a read out after 5 s, exactly channels_redis's 5 s blocking pop:
             # a longer socket timeout keeps idle consumers from crashing. Without a retry, every
             # pooled connection fails once after Redis restarts: the first requests would fail.
