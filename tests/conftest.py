@@ -62,6 +62,15 @@ def mallory(db):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _agents_sign_with_a_key_of_the_run(tmp_path_factory):
+    """Every `python -m worker` a test starts inherits this: its signing key is the run's own,
+    not a file in the home directory."""
+    import os
+
+    os.environ["PEER_WORKER_KEY_FILE"] = str(tmp_path_factory.mktemp("worker-key") / "worker-key.pem")
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _fast_password_hashing():
     """The cast's passwords are hashed with MD5 in tests only: the real hasher costs ~0.5 s a user."""
     from django.conf import settings

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from worker import __version__, protocol
 from worker.backends import BackendError, Finish, ModelInfo, Request
-from worker.prompt import format_chat
+from worker.commitment import commitment_hash, commitment_inputs, commitment_sign, public_key_text
+from worker.prompt import format_chat, job_prompt
 
 log = logging.getLogger("worker.agent")
 
@@ -94,6 +96,8 @@ class AgentConfig:
     server: str
     token: str
     name: str | None = None
+    # Signs every job's commitment; None: a key for this process only (tests, benchmarks).
+    signing_key: Ed25519PrivateKey | None = None
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     welcome_timeout: float = 15.0
@@ -122,6 +126,7 @@ class Agent:
         if not self.served:
             raise ValueError("an agent must serve at least one model")
         self.hardware = hardware
+        self.signing_key = config.signing_key or Ed25519PrivateKey.generate()
         self.url = agent_url(config.server)
         self.worker_id: str | None = None
         self.heartbeat_interval = DEFAULT_HEARTBEAT_INTERVAL
@@ -177,7 +182,7 @@ class Agent:
         frame = protocol.hello(token=self.config.token, agent_version=__version__,
                                models=[s.model.announce() for s in self.served],
                                backends=list(dict.fromkeys(b.name for b in self.backends)),
-                               hardware=self.hardware)
+                               hardware=self.hardware, signing_key=public_key_text(self.signing_key))
         # Not a required protocol field: a label for dashboards, defaulting to the host name.
         frame["name"] = self.config.name or socket.gethostname()
         return frame
@@ -356,8 +361,9 @@ class Agent:
         log.info("job %s: started on %s (%s, max_tokens=%s)", job_id, served.model.id,
                  "raw prompt" if request.prompt is not None else "chat", params.get("max_tokens"))
         started = time.monotonic()
+        pieces: list[str] = []
         try:
-            finish = await self._stream(ws, job_id, served, request, params, cancel)
+            finish = await self._stream(ws, job_id, served, request, params, cancel, pieces)
         except BackendError as exc:
             log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
             await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code,
@@ -371,16 +377,23 @@ class Agent:
                              "message": f"{type(exc).__name__}: {exc}"})
             return
         elapsed = time.monotonic() - started
+        # The commitment over what ran and what came out, signed: the node checks it against the
+        # text it relayed, and a proof carries it (worker/commitment.py).
+        commitment = commitment_hash(commitment_inputs(
+            model_id=served.model.id, model_digest=served.model.digest, seed=params.get("seed"), params=params,
+            prompt=job_prompt(messages=request.messages, prompt=request.prompt)[0], output="".join(pieces)))
         await _send(ws, {"type": "job.done", "job_id": job_id, "finish_reason": finish.reason,
                          "model_digest": served.model.digest,
-                         "usage": {"completion_tokens": finish.completion_tokens}})
+                         "usage": {"completion_tokens": finish.completion_tokens},
+                         "commitment": commitment, "signature": commitment_sign(self.signing_key, commitment)})
         rate = finish.completion_tokens / elapsed if elapsed > 0 else 0.0
         log.info("job %s: %s, %d tokens in %.2fs (%.1f tok/s)",
                  job_id, finish.reason, finish.completion_tokens, elapsed, rate)
 
     async def _stream(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
-                      params: dict[str, Any], cancel: threading.Event) -> Finish:
-        """Run the blocking generator in a thread and relay its pieces as job.delta frames."""
+                      params: dict[str, Any], cancel: threading.Event, pieces: list[str]) -> Finish:
+        """Run the blocking generator in a thread and relay its pieces as job.delta frames
+        (collected in `pieces`)."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -406,6 +419,7 @@ class Agent:
             if isinstance(item, BaseException):
                 raise item
             await _send(ws, {"type": "job.delta", "job_id": job_id, "seq": seq, "text": item})
+            pieces.append(item)
             seq += 1
 
     async def _run_embed(self, ws: ClientConnection, job_id: str, served: _Served,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from worker import __version__
 from worker.backends import BACKEND_NAMES, BackendOptions, BackendUnavailable
+from worker.keys import DEFAULT_KEY_FILE
 
 EXIT_REFUSED = 3  # token refused: a configuration problem, not a crash (2 is argparse usage)
 EMBEDDINGS_CHOICES = ("auto", "minilm", "none")
@@ -60,6 +61,8 @@ default; a list given at a higher level replaces the lower one's. Environment va
   PEER_MODEL_PATH       GGUF model file for builtin        config key: model_path
   PEER_MODEL_DIR        where the builtin model is assembled when no model path is given
                         (default ~/.cache/peer-cycles/models)
+  PEER_WORKER_KEY_FILE  the Ed25519 key that signs each job's commitment, created on first
+                        use (default ~/.config/peer-cycles/worker-key.pem)  config key: key_file
   PEER_CONFIG           the config file, as --config       (config keys also: name, log_level)
 """
 
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--server", metavar="URL", help="node base URL, http(s):// or ws(s)://; the agent "
                                         "connects to <URL>/ws/agent/ (env PEER_SERVER)")
     add("--token", help="worker token issued by the node (env PEER_WORKER_TOKEN)")
+    add("--key-file", metavar="FILE",
+        help="the worker's Ed25519 signing key (PEM), created there on first use; it signs "
+             "every job's commitment (env PEER_WORKER_KEY_FILE; default "
+             "~/.config/peer-cycles/worker-key.pem)")
     add("--backend", choices=BACKEND_NAMES,
         help="inference backend (env PEER_BACKEND; default: builtin = Gemma 3 270M Q4_K_M on "
              "CPU via llama.cpp)")
@@ -164,6 +171,7 @@ class Settings:
     model_path: Path | None = None
     threads: int = field(default_factory=default_threads)
     log_level: str = "INFO"
+    key_file: Path = DEFAULT_KEY_FILE
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(url=self.backend_url, api_key=self.backend_api_key,
@@ -237,6 +245,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "embeddings": ("PEER_EMBEDDINGS", _choice(EMBEDDINGS_CHOICES)),
     "model_path": ("PEER_MODEL_PATH", lambda v: Path(_text(v)).expanduser()),
     "threads": ("PEER_THREADS", _positive_int),
+    "key_file": ("PEER_WORKER_KEY_FILE", lambda v: Path(_text(v)).expanduser()),
     "log_level": (None, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
 }
 
@@ -318,7 +327,10 @@ async def _serve(settings: Settings) -> None:
 
     # Loading takes a second; do it off the loop so signals are still handled meanwhile.
     backends = await asyncio.to_thread(load_backends, settings)
-    config = AgentConfig(server=settings.server, token=settings.token, name=settings.name)
+    from worker.keys import key_load_or_create
+
+    config = AgentConfig(server=settings.server, token=settings.token, name=settings.name,
+                         signing_key=key_load_or_create(settings.key_file))
     agent = Agent(config, backends, hardware_info(settings.threads))
     task = asyncio.current_task()
     if task is not None:

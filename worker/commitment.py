@@ -1,18 +1,28 @@
 """The commitment over one job: what ran, on what, with which seed, and what came out.
 
 hash = sha256(canonical JSON of {model_id, model_digest, seed, params, prompt_sha256,
-output_sha256}). The node computes it from the prompt it sent and the text it relayed; the
-verified-tier issue adds the worker's Ed25519 signature over the same bytes, so this module is
-shared by both sides and by anyone re-checking a proof offline.
+output_sha256}). The node computes it from the prompt it sent and the text it relayed; the worker
+computes it from the job it was given and the text it generated, and signs it with its Ed25519
+key: signature = Ed25519(SIGNING_CONTEXT + hash as lowercase hex, ASCII). This module is shared by
+both sides and by anyone re-checking a proof offline (`python -m worker.commitment --help`).
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import binascii
 import hashlib
 import json
+import sys
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+# Domain separation: a worker's key signs commitments under this prefix and nothing else.
+SIGNING_CONTEXT = b"peercycles/commitment/v1\n"
 
 
 def sha256_hex(text: str) -> str:
@@ -34,3 +44,69 @@ def commitment_inputs(*, model_id: str, model_digest: str, seed: int, params: di
 def commitment_hash(inputs: dict[str, Any]) -> str:
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def commitment_sign(key: Ed25519PrivateKey, commitment: str) -> str:
+    """The worker's signature over a commitment hash (hex), base64."""
+    return base64.b64encode(key.sign(SIGNING_CONTEXT + commitment.encode("ascii"))).decode("ascii")
+
+
+def public_key_text(key: Ed25519PrivateKey) -> str:
+    """The raw 32-byte Ed25519 public key, base64: what the agent announces and proofs carry."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def signature_valid(*, public_key: str, commitment: str, signature: str) -> bool:
+    """Whether `signature` (base64) is the holder of `public_key` (base64, raw) signing `commitment`."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
+        key.verify(base64.b64decode(signature, validate=True), SIGNING_CONTEXT + commitment.encode("ascii"))
+        return True
+    except (InvalidSignature, ValueError, binascii.Error, UnicodeEncodeError, TypeError):
+        return False
+
+
+def proof_problems(proof: dict[str, Any], *, output: str, prompt: str | None = None) -> list[str]:
+    """Re-check a proof (GET /v1/jobs/{id}/proof) against the answer text: the output's hash,
+    the prompt's if given, the commitment hash over the inputs, and the worker's signature.
+    Returns what does not hold; empty when the proof stands."""
+    commitment = proof.get("commitment") or {}
+    inputs = dict(commitment.get("inputs") or {})
+    problems = []
+    if inputs.get("output_sha256") != sha256_hex(output):
+        problems.append("the output's sha256 is not the one committed to")
+    if prompt is not None and inputs.get("prompt_sha256") != sha256_hex(prompt):
+        problems.append("the prompt's sha256 is not the one committed to")
+    if commitment_hash(inputs) != commitment.get("hash"):
+        problems.append("the commitment hash does not match its inputs")
+    if not signature_valid(public_key=str(proof.get("worker_public_key") or ""),
+                           commitment=str(commitment.get("hash") or ""),
+                           signature=str(commitment.get("signature") or "")):
+        problems.append("the worker's signature does not verify")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.commitment",
+        description="Check a job's proof offline: recompute the commitment from the answer's text "
+                    "and verify the worker's Ed25519 signature.")
+    parser.add_argument("proof", help="the JSON of GET /v1/jobs/{id}/proof (a file, or - for stdin)")
+    parser.add_argument("--output", required=True, help="a file holding the answer's text exactly as received")
+    parser.add_argument("--prompt", help="a file holding the prompt as the worker ran it (optional)")
+    args = parser.parse_args(argv)
+    proof = json.load(sys.stdin if args.proof == "-" else open(args.proof, encoding="utf-8"))
+    output = open(args.output, encoding="utf-8").read()
+    prompt = open(args.prompt, encoding="utf-8").read() if args.prompt else None
+    problems = proof_problems(proof, output=output, prompt=prompt)
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    if not problems:
+        print(f"OK: commitment {proof['commitment']['hash']} signed by {proof['worker_public_key']}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

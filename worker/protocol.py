@@ -10,6 +10,8 @@ field is a protocol error: the node answers with an `error` frame and closes the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -41,6 +43,15 @@ _AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 _MODEL_FIELDS: dict[str, tuple[type, ...]] = {"id": (str,), "digest": (str,), "backend": (str,)}
+# Fields a frame may carry, as strings when present: the signing key, the signed commitment.
+_OPTIONAL_TEXT = {"hello": ("signing_key",), "job.done": ("commitment", "signature")}
+
+
+def _is_public_key(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (ValueError, binascii.Error):
+        return False
 
 
 class ProtocolError(ValueError):
@@ -82,6 +93,11 @@ def decode_agent_frame(text: str | bytes | None) -> dict[str, Any]:
                 raise ProtocolError(f"hello.models[]: kind must be one of {MODEL_KINDS}")
     if kind == "job.done" and frame["finish_reason"] not in FINISH_REASONS:
         raise ProtocolError(f"job.done: finish_reason must be one of {FINISH_REASONS}")
+    for name in _OPTIONAL_TEXT.get(kind, ()):
+        if frame.get(name) is not None and not isinstance(frame[name], str):
+            raise ProtocolError(f"{kind}: field {name!r} must be a string when given")
+    if kind == "hello" and frame.get("signing_key") is not None and not _is_public_key(frame["signing_key"]):
+        raise ProtocolError("hello: signing_key must be a raw Ed25519 public key (32 bytes), base64")
     if kind == "embed.done":
         _check_vectors(frame["data"])
     return frame
@@ -103,11 +119,13 @@ def encode(frame: dict[str, Any]) -> str:
 
 
 def hello(*, token: str, agent_version: str, models: list[dict], backends: list[str],
-          hardware: dict, attestation: dict | None = None) -> dict[str, Any]:
+          hardware: dict, attestation: dict | None = None, signing_key: str | None = None) -> dict[str, Any]:
+    """signing_key: the agent's Ed25519 public key (raw, base64), which signs each job.done's
+    commitment (worker/commitment.py); optional for the open tier, required for verified."""
     return {
         "type": "hello", "protocol": PROTOCOL_VERSION, "token": token,
         "agent_version": agent_version, "backends": backends, "models": models,
-        "hardware": hardware, "attestation": attestation,
+        "hardware": hardware, "attestation": attestation, "signing_key": signing_key,
     }
 
 

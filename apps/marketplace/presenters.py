@@ -21,8 +21,30 @@ def peer_object(job: Job) -> dict:
         "held_micro_usdc": job.hold_amount,
         "usage_source": commitment.get("usage_source"),
         "commitment": {"hash": commitment.get("hash"), "inputs": commitment.get("inputs"),
-                       "signature": None} if commitment else None,
+                       "signature": commitment.get("signature"),
+                       "worker_public_key": commitment.get("worker_public_key")} if commitment else None,
         "attestation": None,
+    }
+
+
+def proof_body(job: Job) -> dict:
+    """GET /v1/jobs/{id}/proof: what a client needs to check the answer offline (python -m
+    worker.commitment): the commitment and its inputs (the prompt and output only as hashes),
+    the worker's signature and public key, and where verification stands."""
+    commitment = job.commitment or {}
+    return {
+        "object": "peer.proof",
+        "job_id": str(job.id),
+        "tier": job.tier,
+        "status": job.status,
+        "served_model": job.served_model,
+        "worker_id": str(job.worker_id) if job.worker_id else None,
+        "worker_public_key": commitment.get("worker_public_key"),
+        "commitment": {"hash": commitment.get("hash"), "inputs": commitment.get("inputs"),
+                       "signature": commitment.get("signature")} if commitment else None,
+        # Re-execution by validators (sampling, verdicts, challenges) is not built yet: no
+        # verified job has been re-executed, and the proof says so rather than imply otherwise.
+        "verification": {"status": "not_sampled" if commitment.get("signature") else "unsigned"},
     }
 
 

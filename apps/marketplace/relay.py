@@ -25,7 +25,7 @@ from apps.workers.services import worker_claim_first, worker_release
 from worker import protocol
 
 from .models import Job
-from .services import job_complete, job_fail, job_start
+from .services import CommitmentRejected, job_complete, job_fail, job_start
 
 logger = logging.getLogger(__name__)
 ACCEPT_TIMEOUT = 10.0
@@ -113,7 +113,10 @@ class JobRelay(JobMailbox):
                 self.text_parts.append(frame["text"])
                 yield frame["text"]
             elif kind == "job.done":
-                await database_sync_to_async(self._complete)(frame)
+                try:
+                    await database_sync_to_async(self._complete)(frame)
+                except CommitmentRejected as rejected:
+                    await self._commitment_rejected(rejected)
                 return
             elif kind == "job.error":
                 await self._on_worker_error(frame)
@@ -248,9 +251,19 @@ class JobRelay(JobMailbox):
     def _complete(self, done: dict) -> None:
         """Settle the job and record the worker's speed and success, in one database call."""
         self.job = job_complete(job_id=self.job.id, output_text="".join(self.text_parts),
-                                finish_reason=done["finish_reason"], model_digest=done["model_digest"], entry=self.entry)
+                                finish_reason=done["finish_reason"], model_digest=done["model_digest"], entry=self.entry,
+                                signature=done.get("signature"), claimed_commitment=done.get("commitment"))
         self.settled = True
         self._record_success()
+
+    async def _commitment_rejected(self, rejected: CommitmentRejected) -> None:
+        """A verified answer its worker did not sign as relayed: no proof, so no charge, and the
+        worker's reputation takes a failed verification's cut."""
+        logger.warning("job %s: commitment rejected: %s", self.job.id, rejected)
+        await database_sync_to_async(worker_outcome_record)(worker_id=self.worker_id, outcome="verification_failed")
+        self.worker_id = None  # it already finished: nothing to cancel
+        await self._fail(502, "commitment_rejected", f"The worker's signed commitment did not match the answer "
+                         f"({rejected}); the whole price was refunded.")
 
     def _record_success(self) -> None:
         done = time.monotonic()

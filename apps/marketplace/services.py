@@ -16,7 +16,7 @@ from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
-from worker.commitment import commitment_hash, commitment_inputs, sha256_hex
+from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_valid
 
 from .errors import ApiError
 from .models import Job
@@ -96,12 +96,23 @@ def job_start(*, job_id, worker_id, model_digest: str, price_per_token: int) -> 
         started_at=timezone.now()) == 1
 
 
-def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: str,
-                 entry: CatalogueModel | None = None) -> Job:
-    """Count usage, compute the commitment, capture the actual price and release the rest.
+class CommitmentRejected(Exception):
+    """A verified job's worker did not sign the commitment the node computed (no signature, a
+    bad one, or one over other output): the job is not settled as done."""
 
-    `entry` is the job's catalogue entry when the caller has it (read otherwise). Locks the job
-    row, then the ledger accounts. Settling twice is a no-op that returns the job.
+
+def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: str,
+                 entry: CatalogueModel | None = None, signature: str | None = None,
+                 claimed_commitment: str | None = None) -> Job:
+    """Count usage, compute the commitment, check the worker's signature of it, capture the
+    actual price and release the rest.
+
+    `entry` is the job's catalogue entry when the caller has it (read otherwise). `signature`:
+    the worker's, from its job.done (base64 Ed25519 over the commitment, worker/commitment.py);
+    `claimed_commitment` the hash it says it signed, for the error message. A verified job
+    without a valid signature raises CommitmentRejected, settling nothing (a cancelled one,
+    which never got a job.done, is charged for what was delivered). Locks the job row, then the
+    ledger accounts. Settling twice is a no-op that returns the job.
     """
     def settle(job: Job) -> tuple[int, dict]:
         catalogue = entry if entry is not None else CatalogueModel.objects.filter(name=job.public_model).first()
@@ -113,9 +124,19 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
             prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens))
         inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
                                    params=job.params, prompt=job.prompt_text(), output=output_text)
+        commitment = commitment_hash(inputs)
+        key = job.worker.signing_key if job.worker else ""
+        signed = bool(key and signature) and signature_valid(public_key=key, commitment=commitment,
+                                                             signature=signature)
+        if job.tier == "verified" and finish_reason != "cancelled" and not signed:
+            why = "sent no signature" if not signature else "has no signing key" if not key else \
+                f"signed {claimed_commitment or 'another commitment'}, not {commitment}"
+            raise CommitmentRejected(f"the worker {why}")
         return charge, {"completion_tokens": completion_tokens, "output_text": output_text,
                         "finish_reason": finish_reason, "model_digest": model_digest,
-                        "commitment": {"inputs": inputs, "hash": commitment_hash(inputs), "usage_source": usage_source}}
+                        "commitment": {"inputs": inputs, "hash": commitment, "usage_source": usage_source,
+                                       "signature": signature if signed else None,
+                                       "worker_public_key": key if signed else None}}
 
     return _job_capture(job_id=job_id, settle=settle)
 

@@ -7,4 +7,5 @@ urlpatterns = [
     path("chat/completions", views_v1.chat_completions, name="v1-chat-completions"),
     path("completions", views_v1.completions, name="v1-completions"),
     path("embeddings", views_v1.embeddings, name="v1-embeddings"),
+    path("jobs/<uuid:job_id>/proof", views_v1.job_proof, name="v1-job-proof"),
 ]

@@ -39,6 +39,9 @@ class Worker(models.Model):
                                       help_text="Solana wallet that receives this worker's USDC earnings.")
     # Set by the operator (the agent's own `hardware` report above is overwritten on each hello).
     hardware_description = models.CharField(max_length=300, blank=True)
+    # The agent's Ed25519 public key (raw, base64) from its latest hello: it signs every job's
+    # commitment (worker/commitment.py). Required for the verified tier.
+    signing_key = models.CharField(max_length=64, blank=True)
     offers = models.JSONField(default=dict, blank=True, help_text=(
         'The operator\'s asking prices: {"<public model name>": {"price_per_token": <micro-USDC>}}; '
         "a model not listed is served at the node's default price."))

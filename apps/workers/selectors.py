@@ -16,14 +16,15 @@ def catalogue_list():
     return CatalogueModel.objects.filter(active=True).order_by("name")
 
 
-ROUTING_FIELDS = ("id", "name", "tiers", "models_served", "offers", "reputation", "reputation_updated_at",
+ROUTING_FIELDS = ("id", "name", "tiers", "models_served", "offers", "reputation", "reputation_updated_at", "signing_key",
                   "channel_name", "status", "last_job_at", "created_at")
 
 
 def workers_eligible(*, entry: CatalogueModel, tier: str,
                      statuses: tuple = (Worker.Status.IDLE,)) -> list[tuple[Worker, dict]]:
     """Connected workers in one of `statuses` that may serve `tier` and hold an accepted digest
-    of the model (and, for the verified tier, a sufficient bond), least recently used first."""
+    of the model (and, for the verified tier, a signing key and a sufficient bond), least
+    recently used first."""
     found = []
     queryset = Worker.objects.filter(status__in=statuses, revoked_at__isnull=True).order_by(
         "last_job_at", "created_at").only(*ROUTING_FIELDS)
@@ -33,6 +34,9 @@ def workers_eligible(*, entry: CatalogueModel, tier: str,
         model = next((m for m in worker.models_served if entry.is_served_by(m)), None)
         if model is not None:
             found.append((worker, model))
+    if tier == "verified":
+        # Verified answers carry the worker's signed commitment: an agent without a key cannot.
+        found = [(worker, model) for worker, model in found if worker.signing_key]
     if tier == "verified" and found:
         # The verified tier is bonded: a worker without enough locked $PEER is not eligible.
         from apps.staking.selectors import workers_with_sufficient_bond

@@ -79,6 +79,7 @@ def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[W
         Worker.objects.filter(id=worker.id).update(
             status=Worker.Status.IDLE, channel_name=channel_name, current_job_id=None,
             models_served=hello["models"], hardware=hello.get("hardware") or {},
+            signing_key=hello.get("signing_key") or "",
             agent_version=hello["agent_version"][:40], connected_at=now, last_seen_at=now)
     _routing_facts_changed()  # this process routes to it at once; its models may have changed
     worker.refresh_from_db()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
 from apps.accounts.services import api_key_issue
@@ -27,6 +28,8 @@ from apps.workers.models import Worker
 from apps.workers.services import worker_register
 from tests.conftest import bond
 from worker import protocol
+from worker.commitment import commitment_hash, commitment_inputs, commitment_sign, public_key_text
+from worker.prompt import job_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output"
@@ -130,14 +133,48 @@ def agent_process(node_url, catalogue, bob_worker):
         log.close()
 
 
+class _SigningLink:
+    """A scripted agent's socket: records the deltas it sends and signs its job.done frames."""
+
+    def __init__(self, ws, key):
+        self.ws, self.key = ws, key
+        self.jobs: dict[str, dict] = {}
+        self.texts: dict[str, list[str]] = {}
+
+    async def send(self, text):
+        try:
+            frame = json.loads(text)
+        except ValueError:  # a script sending garbage on purpose
+            return await self.ws.send(text)
+        if not isinstance(frame, dict):
+            return await self.ws.send(text)
+        job = self.jobs.get(frame.get("job_id"))
+        if frame.get("type") == "job.delta":
+            self.texts.setdefault(frame["job_id"], []).append(frame.get("text", ""))
+        elif frame.get("type") == "job.done" and "signature" not in frame and job is not None:
+            commitment = commitment_hash(commitment_inputs(
+                model_id=job["model"], model_digest=job["model_digest"], seed=job["params"].get("seed"),
+                params=job["params"], prompt=job_prompt(messages=job["messages"], prompt=job["prompt"])[0],
+                output="".join(self.texts.get(frame["job_id"], []))))
+            frame.update(commitment=commitment, signature=commitment_sign(self.key, commitment))
+            text = json.dumps(frame)
+        await self.ws.send(text)
+
+    def __getattr__(self, name):
+        return getattr(self.ws, name)
+
+
 class ScriptedAgent:
-    """Speaks the agent protocol from a thread; `on_job(ws, frame)` decides what it does."""
+    """Speaks the agent protocol from a thread; `on_job(ws, frame)` decides what it does. Like a
+    real agent it signs each job.done it sends (unless the script put a signature in it) over
+    the commitment to what it streamed for that job."""
 
     def __init__(self, node_url: str, token: str, model: dict, on_job):
         self.url = node_url.replace("http://", "ws://") + "/ws/agent/"
         self.token, self.model, self.on_job = token, model, on_job
         self.received: list[dict] = []
         self.closed_with = None
+        self.key = Ed25519PrivateKey.generate()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -153,7 +190,9 @@ class ScriptedAgent:
         async with websockets.connect(self.url) as ws:
             await ws.send(json.dumps(protocol.hello(
                 token=self.token, agent_version="scripted", backends=["builtin"], hardware={},
-                models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "builtin"}])))
+                models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "builtin"}],
+                signing_key=public_key_text(self.key))))
+            link = _SigningLink(ws, self.key)
             while not self._stop.is_set():
                 try:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
@@ -164,5 +203,6 @@ class ScriptedAgent:
                     return
                 self.received.append(frame)
                 if frame["type"] == "job.assign":
-                    if await self.on_job(ws, frame) == "hang up":
+                    link.jobs[frame["job_id"]] = frame
+                    if await self.on_job(link, frame) == "hang up":
                         return

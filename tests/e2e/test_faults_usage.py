@@ -187,3 +187,29 @@ def test_a_stream_missing_a_delta_ends_with_an_error_and_a_refund_instead_of_a_g
     assert (job.status, job.hold_state, job.charged_amount) == ("failed", "released", 0)
     assert balance_get(user=alice) == before
     assert_money_sound(usdc)
+
+
+def test_a_verified_answer_signed_over_other_output_is_refused_refunded_and_costs_reputation(
+        node_url, catalogue, alice, alice_key, bob_worker):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from worker.commitment import commitment_sign
+
+    async def forge(ws, frame):
+        await _stream(ws, frame, ["Hello", " there"])
+        forged = "ab" * 32  # a commitment to some other answer, signed by some other key
+        await _send(ws, _done(frame, commitment=forged, signature=commitment_sign(Ed25519PrivateKey.generate(), forged)))
+
+    worker, token = bob_worker
+    before, usdc = balance_get(user=alice), usdc_outside_issuers()
+    with ScriptedAgent(node_url, token, catalogue, forge):
+        wait_for_status(worker.id, Worker.Status.IDLE)
+        with pytest.raises(openai.APIStatusError) as refused:
+            _client(node_url, alice_key).chat.completions.create(model="gemma-3-270m", messages=HELLO)
+    assert refused.value.status_code == 502
+    assert refused.value.body["code"] == "commitment_rejected" and "signed" in refused.value.body["message"]
+    job = Job.objects.get(user=alice)
+    assert (job.status, job.hold_state, job.charged_amount) == ("failed", "released", 0)
+    assert balance_get(user=alice) == before
+    assert Worker.objects.get(id=worker.id).reputation < 0.5  # a failed verification: half the way to 0
+    assert_money_sound(usdc)

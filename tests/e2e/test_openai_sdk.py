@@ -97,3 +97,40 @@ def test_a_raw_completion_runs_the_prompt_as_given_streamed_and_not(node_url, al
     assert job.commitment["inputs"]["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
     for job in Job.objects.filter(user=alice):
         _assert_settled_with_split(job)
+
+
+def test_a_verified_answer_carries_the_workers_signature_and_its_proof_checks_offline(
+        node_url, alice_key, agent_process, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from worker.commitment import signature_valid
+
+    client = _client(node_url, alice_key)
+    answer = client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, temperature=0, max_tokens=16)
+    text, peer = answer.choices[0].message.content, answer.model_extra["peer"]
+    commitment = peer["commitment"]
+    # Signed by the agent's own key (announced in its hello), over the hash the node computed.
+    assert signature_valid(public_key=commitment["worker_public_key"], commitment=commitment["hash"],
+                           signature=commitment["signature"])
+    headers = {"authorization": f"Bearer {alice_key}"}
+    proof = httpx.get(f"{node_url}/v1/jobs/{peer['job_id']}/proof", headers=headers, timeout=30).json()
+    assert proof["commitment"] == {"hash": commitment["hash"], "inputs": commitment["inputs"],
+                                   "signature": commitment["signature"]}
+    assert proof["worker_public_key"] == commitment["worker_public_key"]
+    assert proof["verification"]["status"] == "not_sampled"
+
+    (tmp_path / "proof.json").write_text(json.dumps(proof))
+    (tmp_path / "answer.txt").write_text(text)
+    (tmp_path / "altered.txt").write_text(text + ".")
+
+    def check(output):
+        return subprocess.run([sys.executable, "-m", "worker.commitment", str(tmp_path / "proof.json"),
+                               "--output", str(tmp_path / output)], capture_output=True, text=True)
+
+    good, bad = check("answer.txt"), check("altered.txt")
+    assert good.returncode == 0 and good.stdout.startswith("OK"), good.stdout + good.stderr
+    assert bad.returncode == 1 and "output's sha256" in bad.stdout
+    missing = httpx.get(f"{node_url}/v1/jobs/00000000-0000-0000-0000-000000000000/proof", headers=headers, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"

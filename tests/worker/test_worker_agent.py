@@ -108,6 +108,32 @@ async def receive_into(ws: ServerConnection, queue: asyncio.Queue) -> None:
     await ws.wait_closed()
 
 
+def test_job_done_carries_a_signature_over_the_commitment_the_node_can_recompute():
+    from worker.commitment import commitment_hash, commitment_inputs, signature_valid
+    from worker.prompt import job_prompt
+
+    backend = FakeBackend(pieces=("Hel", "lo"))
+
+    async def script(ws: ServerConnection) -> tuple[dict, list[dict]]:
+        hello = await welcome(ws)
+        await ws.send(assign("job-1", backend.digest))
+        return hello, await frames_until_finished(ws, "job-1")
+
+    async def scenario() -> None:
+        hello, frames = await run_one_session(backend, script)
+        done = frames[-1]
+        params = {"max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 7, "stop": []}
+        # What the node computes from the job it sent and the text it relayed.
+        expected = commitment_hash(commitment_inputs(
+            model_id="fake-model", model_digest=backend.digest, seed=7, params=params,
+            prompt=job_prompt(messages=[{"role": "user", "content": "Say hello."}], prompt=None)[0],
+            output="Hello"))
+        assert done["commitment"] == expected
+        assert signature_valid(public_key=hello["signing_key"], commitment=expected, signature=done["signature"])
+
+    run(scenario)
+
+
 def test_job_is_accepted_then_streamed_in_order_then_done():
     backend = FakeBackend(pieces=("Hel", "lo", ",", " world"))
 

@@ -36,7 +36,7 @@ def test_help_documents_every_option_and_environment_variable():
     assert result.returncode == 0
     for word in ("--server", "--token", "--backend", "--model-path", "--threads", "--name",
                  "--log-level", "--print-model", "PEER_SERVER", "PEER_WORKER_TOKEN",
-                 "PEER_THREADS", "PEER_MODEL_PATH", "PEER_MODEL_DIR"):
+                 "PEER_THREADS", "PEER_MODEL_PATH", "PEER_MODEL_DIR", "--key-file", "PEER_WORKER_KEY_FILE"):
         assert word in result.stdout
 
 

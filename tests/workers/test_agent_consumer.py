@@ -75,6 +75,21 @@ async def test_a_good_hello_brings_the_worker_online_with_its_models(registered)
     assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.OFFLINE
 
 
+async def test_the_hello_records_the_agents_signing_key_and_refuses_a_malformed_one(registered):
+    import base64
+
+    worker, token = registered
+    key = base64.b64encode(bytes(range(32))).decode()
+    communicator = await _connect()
+    await communicator.send_json_to(_hello(token, signing_key=key))
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    assert (await Worker.objects.aget(id=worker.id)).signing_key == key
+    await communicator.disconnect()
+    communicator = await _connect()
+    await communicator.send_json_to(_hello(token, signing_key="c2hvcnQ="))  # 5 bytes: not a key
+    await _expect_drop(communicator, "protocol_error", protocol.CLOSE_PROTOCOL_ERROR)
+
+
 async def test_an_unknown_token_is_refused_and_the_link_closed(registered):
     communicator = await _connect()
     await communicator.send_json_to(_hello("pcw_not-a-token"))

@@ -17,8 +17,11 @@ def entry():
     return CatalogueModel.objects.get(name="gemma-3-270m")
 
 
-def _online(worker, entry, digest=None):
-    Worker.objects.filter(id=worker.id).update(status="idle", models_served=[
+KEY = "A" * 43 + "="  # a public key's shape; eligibility only asks whether there is one
+
+
+def _online(worker, entry, digest=None, signing_key=KEY):
+    Worker.objects.filter(id=worker.id).update(status="idle", signing_key=signing_key, models_served=[
         {"id": entry.served_model, "digest": digest or entry.digests[0], "backend": "builtin"}])
     return worker
 
@@ -42,3 +45,11 @@ def test_a_worker_with_other_weights_or_tiers_is_not_eligible(bob, entry):
     _online(worker_register(operator=bob, name="open-only", tiers=["open"])[0], entry)
     assert _eligible(entry, "open") == ["open-only"]
     assert _eligible(entry, "verified") == []
+
+
+def test_the_verified_tier_needs_an_agent_that_signs_its_commitments(bob, entry):
+    keyless = _online(worker_register(operator=bob, name="keyless", tiers=["open", "verified"])[0], entry,
+                      signing_key="")
+    bond(keyless)
+    assert _eligible(entry, "verified") == []
+    assert _eligible(entry, "open") == ["keyless"]

@@ -60,7 +60,8 @@ class Command(BaseCommand):
         embeddings = "minilm" if fleet.embedding_model else "none"
         for name, token in fleet.worker_tokens:
             self._spawn([python, "-m", "worker", "--server", server, "--token", token,
-                         "--threads", str(agent_threads), "--name", name, "--embeddings", embeddings])
+                         "--threads", str(agent_threads), "--name", name, "--embeddings", embeddings,
+                         "--key-file", str(settings.BASE_DIR / "var" / "worker-key.pem")])
         database = "PostgreSQL" if settings.DATABASE_URL else "SQLite (var/peercycles.sqlite3)"
         layer = "Redis" if settings.REDIS_URL else "in-memory"
         self.stdout.write(self.style.SUCCESS(f"\nPeer Cycles node: {server}\n"))
