@@ -54,6 +54,8 @@ class Job(models.Model):
     output_text = models.TextField(blank=True)
     finish_reason = models.CharField(max_length=20, blank=True)
     commitment = models.JSONField(null=True, blank=True, help_text="inputs and hash")
+    # The owner asked (peer_public_proof) that anyone with the job id may read its proof.
+    proof_public = models.BooleanField(default=False)
     error_code = models.CharField(max_length=50, blank=True)
     error_message = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -30,6 +30,7 @@ class ChatRequest:
     include_usage: bool = False
     prompt: str | None = None  # set for /v1/completions, which runs a raw prompt
     route: RoutePreferences = field(default_factory=RoutePreferences)
+    public_proof: bool = False  # peer_public_proof: anyone with the job id may read its proof
 
     def prompt_text(self) -> str:
         """What the worker runs: the raw prompt, or the messages in the chat format."""
@@ -142,7 +143,10 @@ def _common(body: dict, default_tier: str, default_max_tokens: int, max_tokens_l
         route = parse_route(body.get("peer_route"))
     except ValueError as exc:
         raise _bad(str(exc), "peer_route") from None
-    return dict(route=route,
+    public_proof = body.get("peer_public_proof", False)
+    if not isinstance(public_proof, bool):
+        raise _bad("'peer_public_proof' must be a boolean.", "peer_public_proof")
+    return dict(route=route, public_proof=public_proof,
         model=model, tier=tier, stream=stream,
         max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0), seed=seed, stop=stop,

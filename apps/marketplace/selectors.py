@@ -35,8 +35,7 @@ def models_listing() -> list[dict]:
 __all__ = ["catalogue_get", "jobs_waiting_count", "models_listing"]
 
 
-def job_of_user(*, user, job_id):
-    """The user's own job, or None: another user's job is as good as missing."""
+def job_get(*, job_id):
     from .models import Job
 
-    return Job.objects.filter(id=job_id, user=user).first()
+    return Job.objects.filter(id=job_id).first()

@@ -60,6 +60,7 @@ def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
     return _job_create_held(
         user=user, quote=quote, public_model=entry.name, served_model=entry.served_model, tier=chat.tier,
         stream=chat.stream, messages=chat.messages, raw_prompt=chat.prompt, params=chat.params(),
+        proof_public=chat.public_proof,
         seed=chat.seed, prompt_sha256=sha256_hex(chat.prompt_text()))
 
 

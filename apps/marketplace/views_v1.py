@@ -19,7 +19,7 @@ from .embeddings import EmbedRelay
 from .errors import ApiError
 from .relay import JobFailed, JobRelay
 from .requests import parse_chat_request, parse_completion_request, parse_embedding_request
-from .selectors import catalogue_get, job_of_user, jobs_waiting_count, models_listing
+from .selectors import catalogue_get, job_get, jobs_waiting_count, models_listing
 from .services import InsufficientCredits, embed_job_create, job_create
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,15 @@ async def models_list(request):
 
 @_api_errors
 async def job_proof(request, job_id):
-    """The proof of one of the caller's jobs (its commitment, signature and worker key)."""
+    """A job's proof (its commitment, signature and worker key): for its owner, or for anyone
+    with the job id when the owner asked for a public proof (peer_public_proof)."""
     if request.method != "GET":
         raise ApiError(405, "Use GET.", code="method_not_allowed")
-    user = await _authenticate(request)
-    job = await database_sync_to_async(job_of_user)(user=user, job_id=job_id)
-    if job is None:
-        raise ApiError(404, f"No job {job_id} of yours on this node.", code="job_not_found")
+    job = await database_sync_to_async(job_get)(job_id=job_id)
+    if job is None or not job.proof_public:
+        user = await _authenticate(request)
+        if job is None or job.user_id != user.id:  # another user's job is as good as missing
+            raise ApiError(404, f"No job {job_id} of yours on this node.", code="job_not_found")
     if job.commitment is None:
         raise ApiError(409, "This job has no commitment: it did not complete.", code="job_not_completed")
     return JsonResponse(presenters.proof_body(job))
