@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from worker import __version__
 from worker.backends import BACKEND_NAMES, BackendOptions, BackendUnavailable
+from worker.cheat import CHEAT_MODES, CheatingBackend
 from worker.keys import DEFAULT_KEY_FILE
 
 EXIT_REFUSED = 3  # token refused: a configuration problem, not a crash (2 is argparse usage)
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--server", metavar="URL", help="node base URL, http(s):// or ws(s)://; the agent "
                                         "connects to <URL>/ws/agent/ (env PEER_SERVER)")
     add("--token", help="worker token issued by the node (env PEER_WORKER_TOKEN)")
+    add("--cheat", choices=CHEAT_MODES,
+        help="ADVERSARIAL, for demos and tests only: substitute a cheaper output on a fraction of "
+             "the chat jobs (truncate: stop at a third of max_tokens; cached: replay an earlier "
+             "answer) and sign it as honest; the verified tier's re-execution is what catches it")
+    add("--cheat-rate", metavar="P", type=float,
+        help="the fraction of chat jobs --cheat substitutes (0..1, default 1)")
     add("--key-file", metavar="FILE",
         help="the worker's Ed25519 signing key (PEM), created there on first use; it signs "
              "every job's commitment (env PEER_WORKER_KEY_FILE; default "
@@ -172,6 +179,8 @@ class Settings:
     threads: int = field(default_factory=default_threads)
     log_level: str = "INFO"
     key_file: Path = DEFAULT_KEY_FILE
+    cheat: str | None = None
+    cheat_rate: float = 1.0
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(url=self.backend_url, api_key=self.backend_api_key,
@@ -197,6 +206,13 @@ def _positive_int(value: str | int) -> int:
     number = int(value) if not isinstance(value, bool) else 0
     if number < 1:
         raise ValueError("must be a positive integer")
+    return number
+
+
+def _fraction(value: str | float) -> float:
+    number = float(value) if not isinstance(value, bool) else -1.0
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("must be a number from 0 to 1")
     return number
 
 
@@ -246,6 +262,8 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "model_path": ("PEER_MODEL_PATH", lambda v: Path(_text(v)).expanduser()),
     "threads": ("PEER_THREADS", _positive_int),
     "key_file": ("PEER_WORKER_KEY_FILE", lambda v: Path(_text(v)).expanduser()),
+    "cheat": (None, _choice(CHEAT_MODES)),
+    "cheat_rate": (None, _fraction),
     "log_level": (None, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
 }
 
@@ -312,6 +330,9 @@ def load_backends(settings: Settings) -> list[Any]:
     log = logging.getLogger("worker")
     backends = [load_backend(settings.backend, model_path=settings.model_path,
                              threads=settings.threads, options=settings.backend_options())]
+    if settings.cheat:
+        log.warning("ADVERSARIAL MODE: --cheat %s on %.0f%% of chat jobs", settings.cheat, settings.cheat_rate * 100)
+        backends[0] = CheatingBackend(backends[0], mode=settings.cheat, rate=settings.cheat_rate)
     if settings.embeddings == "minilm":
         backends.append(load_embedding_backend("minilm", threads=settings.threads))
     elif settings.embeddings == "auto":
