@@ -168,10 +168,17 @@ class JobRelay(JobMailbox):
             worker_id, channel, model = claimed
             self.worker_id, self.worker_channel, self.model_id = worker_id, channel, model["id"]
             self.assigned_at = time.monotonic()
-            await self._send_to_worker(protocol.job_assign(
-                job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
-                messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
-                params=self.job.params))
+            try:
+                await self.layer.send(self.worker_channel, {"type": "agent.send", "reply_to": self.channel,
+                                                            "frame": protocol.job_assign(
+                    job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
+                    messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
+                    params=self.job.params)})
+            except LAYER_ERRORS as exc:
+                # The assignment never left: nobody else will let the claimed worker go.
+                await database_sync_to_async(worker_release)(worker_id=worker_id, job_id=self.job.id)
+                self.worker_id = None
+                await self._link_lost(exc)
             try:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:

@@ -156,6 +156,14 @@ def worker_release(*, worker_id, job_id) -> bool:
         status=Worker.Status.IDLE, current_job_id=None, last_job_at=timezone.now()) == 1
 
 
+def workers_release_job(*, job_id) -> int:
+    """Let go of any worker still claimed for `job_id` (a job abandoned before its worker could
+    have heard of it, or while it might not have): its agent refuses a next job as busy if it is
+    in fact still running this one, which costs it nothing."""
+    return Worker.objects.filter(status=Worker.Status.BUSY, current_job_id=job_id).update(
+        status=Worker.Status.IDLE, current_job_id=None, last_job_at=timezone.now())
+
+
 def worker_revoke(*, worker_id) -> bool:
     revoked = Worker.objects.filter(id=worker_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
     _routing_facts_changed()
