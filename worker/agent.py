@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import platform
 import random
 import socket
 import threading
@@ -29,7 +27,9 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from worker import __version__, protocol
 from worker.backends import BackendError, Finish, ModelInfo, Request
 from worker.commitment import commitment_hash, commitment_inputs, commitment_sign, public_key_text
+from worker.hardware import hardware_info  # noqa: F401  (re-exported: the CLI builds agents from here)
 from worker.prompt import format_chat, job_prompt
+from worker.validation import can_validate, validation_result
 
 log = logging.getLogger("worker.agent")
 
@@ -66,29 +66,6 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     """Exponential backoff with jitter, so a node restart is not met by a synchronized herd."""
     ceiling = min(cap, base * (2 ** min(attempt, 30)))
     return ceiling * rng.uniform(0.5, 1.0)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gb() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def hardware_info(threads: int) -> dict[str, Any]:
-    return {"cpu": _cpu_model(), "threads": threads, "cpu_count": os.cpu_count(),
-            "ram_gb": _ram_gb(), "arch": platform.machine(), "os": platform.system()}
 
 
 @dataclass
@@ -242,6 +219,8 @@ class Agent:
             await self._on_assign(ws, frame)
         elif kind == "embed.assign":
             await self._on_embed(ws, frame)
+        elif kind == "validate.assign":
+            await self._on_validate(ws, frame)
         elif kind == "job.cancel":
             self._on_cancel(frame)
         elif kind == "error":
@@ -278,6 +257,39 @@ class Agent:
         cancel = threading.Event()
         task = asyncio.create_task(self._run_embed(ws, job_id, served, frame["input"], cancel))
         self._job = _Job(job_id, cancel, task)
+
+    async def _on_validate(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        """Re-execute another worker's job and score its claimed output (worker/validation.py)."""
+        job_id = frame.get("job_id")
+        if not isinstance(job_id, str):
+            log.warning("ignoring validate.assign without a job_id")
+            return
+        refusal, served, request = self._check(frame)
+        if refusal is None and not isinstance(frame.get("output"), str):
+            refusal = ("invalid_job", "output (the claimed answer) must be a string")
+        if refusal is None and not can_validate(served.backend):
+            refusal = ("unsupported", f"the {served.backend.name} backend cannot score outputs")
+        if refusal is not None:
+            await self._refuse(ws, job_id, refusal)
+            return
+        cancel = threading.Event()
+        task = asyncio.create_task(self._run_validation(ws, job_id, served, request, frame, cancel))
+        self._job = _Job(job_id, cancel, task)
+
+    async def _run_validation(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
+                              frame: dict[str, Any], cancel: threading.Event) -> None:
+        try:
+            result = await validation_result(served.backend, served.model.id, served.model.digest, request,
+                                             frame.get("params") or {}, frame["output"], cancel)
+            await _send(ws, {"type": "validate.done", "job_id": job_id, **result})
+        except BackendError as exc:
+            await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code, "message": exc.message})
+        except ConnectionClosed:
+            log.warning("validation %s: connection lost", job_id)
+        finally:
+            cancel.set()
+            if self._job is not None and self._job.id == job_id:
+                self._job = None
 
     async def _refuse(self, ws: ClientConnection, job_id: str, refusal: tuple[str, str]) -> None:
         code, message = refusal

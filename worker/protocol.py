@@ -2,7 +2,8 @@
 
 Defined once here; the node's consumer imports it. Every frame is a JSON object with a
 "type". Agent -> node: hello, heartbeat, job.accepted, job.delta, job.done, job.error,
-embed.done. Node -> agent: welcome, heartbeat, job.assign, embed.assign, job.cancel, error.
+embed.done, validate.done. Node -> agent: welcome, heartbeat, job.assign, embed.assign,
+validate.assign, job.cancel, error.
 
 A frame that is not valid JSON, not an object, of an unknown type, or missing a required
 field is a protocol error: the node answers with an `error` frame and closes the link.
@@ -40,6 +41,8 @@ _AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
     "job.done": {"job_id": (str,), "finish_reason": (str,), "model_digest": (str,)},
     "job.error": {"job_id": (str,), "code": (str,), "message": (str,)},
     "embed.done": {"job_id": (str,), "model_digest": (str,), "data": (list,)},
+    "validate.done": {"job_id": (str,), "model_digest": (str,), "output": (str,), "finish_reason": (str,),
+                      "token_logprobs": (list,)},
 }
 
 _MODEL_FIELDS: dict[str, tuple[type, ...]] = {"id": (str,), "digest": (str,), "backend": (str,)}
@@ -100,6 +103,11 @@ def decode_agent_frame(text: str | bytes | None) -> dict[str, Any]:
         raise ProtocolError("hello: signing_key must be a raw Ed25519 public key (32 bytes), base64")
     if kind == "embed.done":
         _check_vectors(frame["data"])
+    if kind == "validate.done":
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in frame["token_logprobs"]):
+            raise ProtocolError("validate.done: token_logprobs is a list of numbers")
+        if frame.get("end_logprob") is not None and not isinstance(frame["end_logprob"], (int, float)):
+            raise ProtocolError("validate.done: end_logprob is a number or null")
     return frame
 
 
@@ -141,6 +149,15 @@ def job_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, 
     seed, stop (list of strings)."""
     return {"type": "job.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
             "messages": messages, "prompt": prompt, "params": params}
+
+
+def validate_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, Any], output: str,
+                    messages: list[dict] | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """Re-execute a job as a validator: the job as it was assigned, plus the claimed `output`.
+    Answered with validate.done (the validator's own output, the claimed output's per-token
+    log-probabilities under its model, the log-probability of ending there) or job.error."""
+    return {"type": "validate.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
+            "messages": messages, "prompt": prompt, "params": params, "output": output}
 
 
 def embed_assign(*, job_id: str, model: str, model_digest: str,

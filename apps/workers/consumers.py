@@ -131,16 +131,16 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
                 logger.warning("job %s: frame %s dropped, the relay's inbox is full", job_id, frame["type"])
         else:
             await self.channel_layer.group_send(f"job.{job_id}", message)
-        if frame["type"] in ("job.done", "job.error", "embed.done"):
+        if frame["type"] in ("job.done", "job.error", "embed.done", "validate.done"):
             self.jobs.pop(job_id, None)
         # An embedding job keeps its worker across its chunks: its relay releases it at the end.
-        if frame["type"] in ("job.done", "job.error"):
+        if frame["type"] in ("job.done", "job.error", "validate.done"):
             await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=job_id)
 
     async def agent_send(self, event):
-        """A frame from the node (job.assign, embed.assign, job.cancel) for this agent."""
+        """A frame from the node (job.assign, embed.assign, validate.assign, job.cancel) for this agent."""
         frame = event["frame"]
-        if frame["type"] in ("job.assign", "embed.assign"):
+        if frame["type"] in ("job.assign", "embed.assign", "validate.assign"):
             self.jobs[frame["job_id"]] = event.get("reply_to") or ""
         await self.send_json(frame)
 

@@ -24,6 +24,11 @@ def _fast_password_hashing():
     """No password hashing here."""
 
 
+@pytest.fixture(autouse=True)
+def _fresh_routing_roster():
+    """No node, so no routing roster here."""
+
+
 @dataclass
 class Generation:
     text: str

@@ -405,3 +405,54 @@ def test_agent_keeps_retrying_until_the_node_comes_up():
         assert hello["type"] == "hello"
 
     run(scenario)
+
+
+class _ScoringBackend(FakeBackend):
+    """A FakeBackend that can validate: it scores every claimed output the same way."""
+
+    def score(self, model_id, request, output):
+        from worker.backends import Scored
+
+        return Scored(token_logprobs=[-0.5] * len(output.split()), end_logprob=-1.25)
+
+
+def _validate_frame(digest: str, output: str = "Hello world") -> str:
+    from worker import protocol as wire
+
+    return wire.encode(wire.validate_assign(
+        job_id="val-1", model="fake-model", model_digest=digest, messages=[{"role": "user", "content": "Say hello."}],
+        params={"max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 7, "stop": []}, output=output))
+
+
+def test_a_validator_reruns_the_job_and_scores_the_claimed_output():
+    backend = _ScoringBackend(pieces=("Hel", "lo"))
+
+    async def script(ws: ServerConnection) -> dict:
+        await welcome(ws)
+        await ws.send(_validate_frame(backend.digest))
+        return await receive(ws)
+
+    async def scenario() -> None:
+        done = await run_one_session(backend, script)
+        assert done == {"type": "validate.done", "job_id": "val-1", "model_digest": backend.digest,
+                        "output": "Hello", "finish_reason": "length", "token_logprobs": [-0.5, -0.5],
+                        "end_logprob": -1.25}
+        assert backend.params == [{"max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 7, "stop": []}]
+        assert protocol.decode_agent_frame(protocol.encode(done)) == done  # what the node accepts
+
+    run(scenario)
+
+
+def test_a_backend_that_cannot_score_refuses_to_validate():
+    backend = FakeBackend()
+
+    async def script(ws: ServerConnection) -> dict:
+        await welcome(ws)
+        await ws.send(_validate_frame(backend.digest))
+        return await receive(ws)
+
+    async def scenario() -> None:
+        refused = await run_one_session(backend, script)
+        assert (refused["type"], refused["job_id"], refused["code"]) == ("job.error", "val-1", "unsupported")
+
+    run(scenario)

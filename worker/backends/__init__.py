@@ -56,6 +56,15 @@ Piece = Union[str, Finish]
 
 
 @dataclass(frozen=True)
+class Scored:
+    """A claimed output under a model (teacher forcing): the log-probability of each of its
+    tokens given everything before it, and of the generation ending right after it."""
+
+    token_logprobs: list[float]
+    end_logprob: float | None
+
+
+@dataclass(frozen=True)
 class Embeddings:
     data: list[list[float]]  # one unit vector per input, in order
     prompt_tokens: int

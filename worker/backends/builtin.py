@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from worker.backends import BackendError, Finish, ModelInfo, Piece, Request
+import numpy as np
+
+from worker.backends import BackendError, Finish, ModelInfo, Piece, Request, Scored
 from worker.backends.modelfile import ModelFile, resolve_model
 from worker.backends.params import sampling
 from worker.backends.textstream import StopStream
@@ -37,6 +39,16 @@ _SEED_SPACE = 0xFFFFFFFF
 
 def _llama_seed(seed: int) -> int:
     return seed % _SEED_SPACE
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 class BuiltinBackend:
@@ -140,6 +152,58 @@ class BuiltinBackend:
             if tail:
                 yield tail
         yield Finish(reason, count)
+
+    def score(self, model_id: str, request: Request, output: str) -> Scored:
+        """Teacher forcing: the log-probability this model gives each token of `output` after the
+        job's prompt, and that the generation ends right there: with an end-of-generation token,
+        or by going on with one of the chat format's stop sequences (which the answer leaves out).
+        What a validator weighs when its own run differs from a claimed answer
+        (docs/verification.md). One evaluation per token from an empty cache, as a generation
+        runs; text is tokenized as a whole (prompt and output together), as a model reads it."""
+        if model_id != self.model_id:
+            raise BackendError("model_unavailable", f"this backend serves {self.model_id} only")
+        prompt, format_stops = job_prompt(messages=request.messages, prompt=request.prompt)
+        llm, lib = self._llm, self._llama_cpp
+        tokenize = lambda text: llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)  # noqa: E731
+        prompt_tokens, answer = tokenize(prompt), tokenize(prompt + output)
+        start = _shared(prompt_tokens, answer)
+        endings = [tokenize(prompt + output + stop) for stop in format_stops]
+        if max(map(len, [answer, *endings])) + 1 > self.context_length:
+            raise BackendError("context_length_exceeded", "prompt and output exceed the context")
+        ends = [t for t in (lib.llama_vocab_eos(self._vocab), lib.llama_vocab_eot(self._vocab)) if t >= 0]
+        with self._lock:
+            llm.reset()
+            llm.eval(answer[:start])
+            token_logprobs = self._forced(answer, start)
+            alternatives = [float(self._logprobs()[token]) for token in ends]  # the answer's end token
+            for ending in endings:
+                # Going on with a stop sequence: from where the two tokenizations part, the
+                # stop's branch less the answer's own last tokens (they may merge with the stop).
+                split = _shared(answer, ending)
+                alternatives.append(sum(self._forced(ending, split)) - sum(token_logprobs[max(split - start, 0):]))
+        # At most 0 (a probability of 1): the stop branch is a ratio of two tokenizations, which
+        # passes 1 when the answer's last characters are split unlike the model emitted them.
+        end = min(float(np.logaddexp.reduce(alternatives)), 0.0) if alternatives else None
+        return Scored(token_logprobs=token_logprobs, end_logprob=end)
+
+    def _forced(self, tokens: list[int], start: int) -> list[float]:
+        """From the state after tokens[:start] (evaluated already, or rewound to), the
+        log-probability of each of tokens[start:], evaluating them; caller holds the lock."""
+        self._llm.n_tokens = start  # the next eval drops the cache past this point
+        found = []
+        for index in range(start, len(tokens)):
+            if index == start and start > 0:
+                self._llm.n_tokens = start - 1
+                self._llm.eval([tokens[start - 1]])  # the logits that predict tokens[start]
+            found.append(float(self._logprobs()[tokens[index]]))
+            self._llm.eval([tokens[index]])
+        return found
+
+    def _logprobs(self):
+        lib, llm = self._llama_cpp, self._llm
+        n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+        return logits - np.logaddexp.reduce(logits)
 
     def _piece(self, token: int) -> bytes:
         """The token's bytes. Unlike Llama.detokenize this grows its buffer for long pieces."""

@@ -1,0 +1,40 @@
+"""Re-executing another worker's job as a validator (`validate.assign` -> `validate.done`).
+
+The validator runs the job exactly as given (same model digest, prompt, seed and sampling
+parameters) and scores the claimed output under its model by teacher forcing: the node compares
+the two (docs/verification.md). Only backends that can score (the builtin llama.cpp one) can
+validate; the others refuse with `unsupported`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from worker.backends import BackendError, Finish, Request
+
+
+def can_validate(backend: Any) -> bool:
+    return callable(getattr(backend, "score", None))
+
+
+async def validation_result(backend: Any, model_id: str, digest: str, request: Request, params: dict[str, Any],
+                            claimed: str, cancel: threading.Event) -> dict[str, Any]:
+    """The validate.done fields (all but type and job_id) for one re-execution. Blocking model
+    work runs in threads. Raises BackendError."""
+    def run() -> tuple[str, str]:
+        pieces, reason = [], "length"
+        for piece in backend.generate(model_id, request, params, cancel):
+            if isinstance(piece, Finish):
+                reason = piece.reason
+            else:
+                pieces.append(piece)
+        return "".join(pieces), reason
+
+    output, reason = await asyncio.to_thread(run)
+    if cancel.is_set():
+        raise BackendError("cancelled", "the validation was cancelled")
+    scored = await asyncio.to_thread(backend.score, model_id, request, claimed)
+    return {"model_digest": digest, "output": output, "finish_reason": reason,
+            "token_logprobs": scored.token_logprobs, "end_logprob": scored.end_logprob}
