@@ -107,10 +107,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 # The messages one node process's inbox may hold: with channels_redis every relay and agent link
-# of a process shares one Redis list. Over it, frames are dropped and their jobs fail (refunded);
-# a burst beyond what the process can relay at once should wait in the list instead: 200 streams
-# of 40 tokens are 8,000 frames (docs/benchmarks.md). Messages older than the expiry go anyway.
-CHANNEL_CAPACITY = env_int("PEER_CHANNEL_CAPACITY", 100_000)
+# of a process shares one Redis list. Over it, frames are dropped and their jobs fail (refunded).
+# A larger inbox does not save an overloaded process: with 100,000 the 200-stream benchmark still
+# failed every stream, and the backlog kept the node from serving for the run after it
+# (docs/benchmarks.md).
+CHANNEL_CAPACITY = env_int("PEER_CHANNEL_CAPACITY", 4096)
 if REDIS_URL:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
