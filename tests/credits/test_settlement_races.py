@@ -20,7 +20,9 @@ from tests.support.races import run_at_once
 def _job(user, worker):
     catalogue_seed_builtin()
     chat = parse_chat_request(json.dumps({"model": "gemma-3-270m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-                              default_tier="verified", default_max_tokens=32, max_tokens_limit=1024)
+                              # Open tier: these races are about money; a verified job would also
+                              # need the worker's signature (tests/marketplace/test_commitments.py).
+                              default_tier="open", default_max_tokens=32, max_tokens_limit=1024)
     job = job_create(user=user, chat=chat, entry=CatalogueModel.objects.get(name="gemma-3-270m"))
     Job.objects.filter(id=job.id).update(worker=worker, model_digest="sha256:x")
     return job
@@ -33,7 +35,7 @@ def _race(*calls):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("rounds", range(3))
 def test_a_capture_racing_a_refund_settles_the_hold_exactly_once(alice, bob, rounds):
-    worker, _ = worker_register(operator=bob, name="w", tiers=["verified"])
+    worker, _ = worker_register(operator=bob, name="w", tiers=["open"])
     credits_grant(user=alice, credits=100)
     job = _job(alice, worker)
     errors = _race(lambda: job_complete(job_id=job.id, output_text="Hello there", finish_reason="stop",
@@ -47,7 +49,7 @@ def test_a_capture_racing_a_refund_settles_the_hold_exactly_once(alice, bob, rou
 
 @pytest.mark.django_db(transaction=True)
 def test_two_captures_of_one_hold_charge_once(alice, bob):
-    worker, _ = worker_register(operator=bob, name="w", tiers=["verified"])
+    worker, _ = worker_register(operator=bob, name="w", tiers=["open"])
     credits_grant(user=alice, credits=100)
     job = _job(alice, worker)
     complete = lambda: job_complete(job_id=job.id, output_text="Hi", finish_reason="stop", model_digest="sha256:x")  # noqa: E731

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy
 import openai
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import pytest
 import websockets
 from django.conf import settings
@@ -31,6 +32,7 @@ from apps.workers.services import worker_register
 from tests.conftest import bond
 from worker import protocol
 from worker.backends import minilm
+from worker.commitment import public_key_text
 
 from .conftest import OUTPUT, wait_for_status
 
@@ -106,7 +108,9 @@ class EmbeddingAgent:
             await ws.send(json.dumps(protocol.hello(
                 token=self.token, agent_version="scripted", backends=["minilm"], hardware={},
                 models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "minilm",
-                         "kind": "embedding"}])))
+                         "kind": "embedding"}],
+                # Like a real agent (verified-tier workers must announce a signing key).
+                signing_key=public_key_text(Ed25519PrivateKey.generate()))))
             while not self._stop.is_set():
                 try:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
