@@ -1,0 +1,44 @@
+"""The comparison of a claimed answer with a validator's run (apps/verification/compare.py), on
+figures of the shape measured on the real model (docs/verification.md)."""
+
+import pytest
+
+from apps.verification.compare import Evidence, compare
+
+
+def _compare(claimed, evidence, finish="stop", temperature=0.0):
+    return compare(claimed=claimed, claimed_finish=finish, temperature=temperature, evidence=evidence)
+
+
+def test_the_same_text_is_a_match_whatever_the_scores():
+    assert _compare("Paris.", Evidence("Paris.", [-9.0], -9.0)).outcome == "match"
+
+
+def test_an_answer_cut_short_is_a_mismatch_even_when_every_token_is_likely():
+    result = _compare("The capital", Evidence("The capital of France is Paris.", [-0.2, -0.1], -0.5))
+    assert result.outcome == "mismatch" and "cut short" in result.reason
+
+
+def test_a_greedy_answer_that_differs_but_is_likely_is_plausible():
+    # Honest greedy figures: mean -1.44 and up, lowest -2.82 and up, end -2.73 and up.
+    result = _compare("The capital is Paris.", Evidence("Paris is the capital.", [-1.4, -2.8, -0.3], -2.7))
+    assert result.outcome == "plausible" and result.mean_logprob == pytest.approx(-1.5)
+
+
+@pytest.mark.parametrize("logprobs, end, why", [
+    ([-3.4, -4.5, -3.9], -1.0, "mean"),       # the cached substitute's shape
+    ([-0.5, -9.7, -0.4], -1.0, "a token"),     # one implausible token
+    ([-0.5, -0.6], -8.4, "ending there"),      # stops where the model would go on
+])
+def test_an_unlikely_greedy_answer_is_a_mismatch(logprobs, end, why):
+    result = _compare("I am sure the answer is forty-two.", Evidence("Paris.", logprobs, end))
+    assert result.outcome == "mismatch" and why in result.reason
+
+
+def test_a_sampled_answer_that_differs_is_a_mismatch_because_scores_cannot_tell():
+    result = _compare("A tabby cat naps.", Evidence("A grey cat sleeps.", [-2.5, -3.0], -0.5), temperature=0.7)
+    assert result.outcome == "mismatch" and "sampled" in result.reason
+
+
+def test_a_length_limited_answer_is_not_judged_by_its_end():
+    assert _compare("Paris is", Evidence("Paris was", [-0.5, -1.0], -12.0), finish="length").outcome == "plausible"
