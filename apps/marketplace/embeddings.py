@@ -24,10 +24,10 @@ from django.conf import settings
 
 from apps.workers.metrics import worker_completion_record, worker_outcome_record
 from apps.workers.models import CatalogueModel
-from apps.workers.roster import tier_has_workers, workers_ranked
+from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import worker_job_state
-from apps.workers.services import worker_claim_first, worker_release
+from apps.workers.services import worker_claim_best, worker_release
 from worker import protocol
 
 from .models import Job
@@ -106,14 +106,11 @@ class EmbedRelay(JobMailbox):
     async def _claim(self, *, deadline: float) -> None:
         """Claim the best idle eligible worker not tried yet, polling until `deadline`."""
         while True:
-            ranked = [(worker_id, model, price) for worker_id, model, price in await db(workers_ranked)(
-                entry=self.entry, tier=self.job.tier, route=self.route, price_ceiling=self.job.price_ceiling)
-                if worker_id not in self.tried]
-            claimed = await db(worker_claim_first)(ranked=[(worker_id, model) for worker_id, model, _ in ranked],
-                                                   job_id=self.job.id)
+            claimed = await db(worker_claim_best)(entry=self.entry, tier=self.job.tier, route=self.route,
+                                                  price_ceiling=self.job.price_ceiling, job_id=self.job.id,
+                                                  exclude=self.tried)
             if claimed is not None:
-                worker_id, channel = claimed
-                model, price = next((model, price) for wid, model, price in ranked if wid == str(worker_id))
+                worker_id, channel, model, price = claimed
                 self.tried.add(str(worker_id))
                 self.worker_id, self.worker_channel, self.model = worker_id, channel, model
                 if not await db(job_start)(job_id=self.job.id, worker_id=worker_id,

@@ -18,10 +18,10 @@ from redis.exceptions import RedisError
 
 from apps.workers.models import CatalogueModel
 from apps.workers.metrics import worker_completion_record, worker_outcome_record
-from apps.workers.roster import tier_has_workers, workers_ranked
+from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import worker_job_state
-from apps.workers.services import worker_claim_first, worker_release
+from apps.workers.services import worker_claim_best, worker_release
 from worker import protocol
 
 from .models import Job
@@ -168,17 +168,10 @@ class JobRelay(JobMailbox):
             worker_id, channel, model = claimed
             self.worker_id, self.worker_channel, self.model_id = worker_id, channel, model["id"]
             self.assigned_at = time.monotonic()
-            try:
-                await self.layer.send(self.worker_channel, {"type": "agent.send", "reply_to": self.channel,
-                                                            "frame": protocol.job_assign(
-                    job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
-                    messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
-                    params=self.job.params)})
-            except LAYER_ERRORS as exc:
-                # The assignment never left: nobody else will let the claimed worker go.
-                await database_sync_to_async(worker_release)(worker_id=worker_id, job_id=self.job.id)
-                self.worker_id = None
-                await self._link_lost(exc)
+            await self._send_to_worker(protocol.job_assign(
+                job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
+                messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
+                params=self.job.params))
             try:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:
@@ -196,15 +189,12 @@ class JobRelay(JobMailbox):
         """Claim the best idle eligible worker not tried yet and start the job on it: (worker id,
         its channel, model), or None when none is free. One database call for ranking (from the
         cached roster), the claim (one statement) and the start."""
-        ranked = [(worker_id, model, price) for worker_id, model, price in workers_ranked(
-            entry=self.entry, tier=self.job.tier, route=self.route, price_ceiling=self.job.price_ceiling)
-            if worker_id not in self.tried]
-        claimed = worker_claim_first(ranked=[(worker_id, model) for worker_id, model, _ in ranked], job_id=self.job.id)
+        claimed = worker_claim_best(entry=self.entry, tier=self.job.tier, route=self.route,
+                                    price_ceiling=self.job.price_ceiling, job_id=self.job.id, exclude=self.tried)
         if claimed is None:
             return None
-        worker_id, channel = claimed
+        worker_id, channel, model, price = claimed
         self.tried.add(str(worker_id))
-        model, price = next((model, price) for wid, model, price in ranked if wid == str(worker_id))
         if not job_start(job_id=self.job.id, worker_id=worker_id, model_digest=model["digest"], price_per_token=price):
             worker_release(worker_id=worker_id, job_id=self.job.id)
             return JOB_ENDED
@@ -303,6 +293,10 @@ class JobRelay(JobMailbox):
             if frame["type"] == "job.cancel":  # moot: the agent's link fails with the layer too
                 logger.warning("job %s: cancel not delivered: %s", self.job.id, exc)
                 return
+            if frame["type"] == "job.assign":
+                # The assignment never left: nobody else will let the claimed worker go.
+                await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=self.job.id)
+                self.worker_id = None
             await self._link_lost(exc)
 
     async def _fail(self, status: int, code: str, message: str):

@@ -21,7 +21,7 @@ from apps.credits.ledger import (
     ledger_post, system_account)
 from apps.credits.models import AccountKind, Asset, LedgerAccount, LedgerTransaction
 from apps.credits.services import user_account
-from apps.workers.roster import roster_forget
+from apps.workers.roster import roster_changed
 
 from .codes import PEER_TREASURY_CODE, bond_code, liquid_code, staked_code, unbonding_code, unstaking_code
 from .distribution import pro_rata
@@ -100,9 +100,7 @@ def _post(*, kind: str, legs: list[Leg], idempotency_key: str | None, reference:
     """ledger_post, plus: a key that answered with a movement made for something else (same
     legs, other reference, e.g. another unstake request's claim) is a conflict, not a replay."""
     txn = ledger_post(kind=kind, legs=legs, idempotency_key=idempotency_key, reference=reference, memo=memo)
-    # A bond that changed may change which workers the verified tier routes to.
-    roster_forget()
-    transaction.on_commit(roster_forget)
+    roster_changed()  # a bond that changed may change which workers the verified tier routes to
     if txn.reference != reference:
         raise IdempotencyConflict(idempotency_key)
     return txn

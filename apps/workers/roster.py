@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import transaction
 
 from .candidates import candidates_for, offer_price
 from .models import CatalogueModel, Worker
@@ -51,10 +52,17 @@ def roster_get(*, entry: CatalogueModel, tier: str) -> Roster:
 
 
 def roster_forget() -> None:
-    """Drop every cached roster: this process changed a worker's routing facts (a hello, a
-    registration, a revocation, new offers). Other processes see it when their rosters age out."""
+    """Drop every cached roster."""
     with _lock:
         _rosters.clear()
+
+
+def roster_changed() -> None:
+    """This process changed a worker's routing facts (a hello, a registration, a revocation, new
+    offers, a bond): its rosters are stale now, and again at commit, so that one rebuilt meanwhile
+    misses nothing. Other processes see the change when their rosters age out."""
+    roster_forget()
+    transaction.on_commit(roster_forget)
 
 
 def _roster_build(*, entry: CatalogueModel, tier: str) -> Roster:

@@ -16,8 +16,9 @@ def catalogue_list():
     return CatalogueModel.objects.filter(active=True).order_by("name")
 
 
+# What the roster reads (status and the link's channel are read by the claim itself).
 ROUTING_FIELDS = ("id", "name", "tiers", "models_served", "offers", "reputation", "reputation_updated_at", "signing_key",
-                  "channel_name", "status", "last_job_at", "created_at")
+                  "last_job_at", "created_at")
 
 
 def workers_eligible(*, entry: CatalogueModel, tier: str,

@@ -12,18 +12,11 @@ from django.utils import timezone
 from solders.pubkey import Pubkey
 
 from .models import TIERS, CatalogueModel, Worker
-from .roster import roster_forget
+from .roster import roster_changed, workers_ranked
 
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pcw_"
-
-
-def _routing_facts_changed() -> None:
-    """A worker's tiers, models, offers or standing changed: this process's routing rosters are
-    stale (now, and again at commit, so a roster rebuilt meanwhile misses nothing)."""
-    roster_forget()
-    transaction.on_commit(roster_forget)
 
 
 class WorkerAuthError(Exception):
@@ -44,7 +37,7 @@ def worker_register(*, operator, name: str, tiers: list[str]) -> tuple[Worker, s
     raw_token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     worker = Worker.objects.create(operator=operator, name=name[:100], tiers=list(tiers),
                                    token_hash=worker_token_hash(raw_token), token_prefix=raw_token[:10])
-    _routing_facts_changed()
+    roster_changed()
     return worker, raw_token
 
 
@@ -53,7 +46,7 @@ def worker_token_rotate(*, worker_id) -> str:
     raw_token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     Worker.objects.filter(id=worker_id).update(token_hash=worker_token_hash(raw_token),
                                                token_prefix=raw_token[:10], revoked_at=None)
-    _routing_facts_changed()
+    roster_changed()
     return raw_token
 
 
@@ -81,7 +74,7 @@ def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[W
             models_served=hello["models"], hardware=hello.get("hardware") or {},
             signing_key=hello.get("signing_key") or "",
             agent_version=hello["agent_version"][:40], connected_at=now, last_seen_at=now)
-    _routing_facts_changed()  # this process routes to it at once; its models may have changed
+    roster_changed()  # this process routes to it at once; its models may have changed
     worker.refresh_from_db()
     return worker, previous, stranded_job
 
@@ -150,6 +143,21 @@ def worker_claim_first(*, ranked: list[tuple], job_id) -> tuple | None:
     return None
 
 
+def worker_claim_best(*, entry: CatalogueModel, tier: str, route, price_ceiling: int, job_id,
+                      exclude: set) -> tuple | None:
+    """Claim for `job_id` the best idle eligible worker (the roster's order and the client's
+    route preferences, priced within `price_ceiling`) whose id is not in `exclude`: (worker id,
+    its channel, the model entry it serves the job with, its price per token), or None."""
+    ranked = [(worker_id, model, price) for worker_id, model, price in workers_ranked(
+        entry=entry, tier=tier, route=route, price_ceiling=price_ceiling) if worker_id not in exclude]
+    claimed = worker_claim_first(ranked=[(worker_id, model) for worker_id, model, _ in ranked], job_id=job_id)
+    if claimed is None:
+        return None
+    worker_id, channel = claimed
+    model, price = next((model, price) for wid, model, price in ranked if wid == str(worker_id))
+    return worker_id, channel, model, price
+
+
 def worker_release(*, worker_id, job_id) -> bool:
     """Make the worker idle again after `job_id`; a no-op if it already moved on or went offline."""
     return Worker.objects.filter(id=worker_id, status=Worker.Status.BUSY, current_job_id=job_id).update(
@@ -166,7 +174,7 @@ def workers_release_job(*, job_id) -> int:
 
 def worker_revoke(*, worker_id) -> bool:
     revoked = Worker.objects.filter(id=worker_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
-    _routing_facts_changed()
+    roster_changed()
     return revoked
 
 
@@ -305,7 +313,7 @@ def worker_onboard(*, operator, name, tiers, hardware_description="", offers=Non
         worker, raw_token = worker_register(operator=operator, name=values["name"], tiers=values["tiers"])
         worker.hardware_description, worker.offers = values["hardware_description"], values["offers"]
         worker.save(update_fields=["hardware_description", "offers"])
-    _routing_facts_changed()
+    roster_changed()
     return worker, raw_token
 
 
@@ -322,7 +330,7 @@ def worker_update(*, worker: Worker, name=None, hardware_description=None, payou
         setattr(worker, field, value)
     if changes:
         worker.save(update_fields=list(changes))
-        _routing_facts_changed()
+        roster_changed()
     return worker
 
 
