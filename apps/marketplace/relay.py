@@ -21,7 +21,7 @@ from apps.workers.metrics import worker_completion_record, worker_outcome_record
 from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import worker_job_state
-from apps.workers.services import worker_claim_best, worker_release
+from apps.workers.services import worker_claim_best, worker_release, workers_release_job
 from worker import protocol
 
 from .models import Job
@@ -135,6 +135,13 @@ class JobRelay(JobMailbox):
             self.job = await database_sync_to_async(job_fail)(job_id=self.job.id, code="client_closed",
                                                                message=reason)
         self.settled = True
+
+    async def abandon(self, reason: str) -> None:
+        """The client left while the job was still being routed: settle it now and let go of any
+        worker claimed for it (cancelled mid-claim, the relay may not know it: the database does)."""
+        await self.abort(reason)
+        await database_sync_to_async(workers_release_job)(job_id=self.job.id)
+        await self.close()
 
     async def close(self) -> None:
         await self._leave_group()

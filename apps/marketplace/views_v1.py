@@ -14,7 +14,6 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.accounts.selectors import api_key_authenticate, bearer_token
 from apps.credits.pricing import micro_to_credits_ceil
 from apps.credits.x402 import PAYMENT_HEADER, PaymentRejected, payment_required, x402_settle_to_credits
-from apps.workers.services import workers_release_job
 
 from . import presenters
 from .embeddings import EmbedRelay
@@ -108,7 +107,7 @@ async def _run_job(request, parse):
         raise ApiError(exc.status, exc.message, code=exc.code, headers=retry) from None
     except asyncio.CancelledError:
         # The client left while the job waited for a worker: refund now, not at the reaper.
-        await asyncio.shield(_abandon(relay))
+        await asyncio.shield(relay.abandon("client closed the connection while the job waited for a worker"))
         raise
     if chat.stream:
         response = StreamingHttpResponse(_stream(relay, include_usage=chat.include_usage),
@@ -147,14 +146,6 @@ async def embeddings(request):
         raise ApiError(exc.status, exc.message, code=exc.code, headers=retry) from None
     body = presenters.embedding_body(relay.job, vectors, encoding_format=embedding.encoding_format)
     return _with_settlement(JsonResponse(body), settlement)
-
-
-async def _abandon(relay: JobRelay) -> None:
-    if not relay.settled:
-        await relay.abort("client closed the connection while the job waited for a worker")
-    # Cancelled mid-claim, the relay may not know the worker it claimed: the database does.
-    await database_sync_to_async(workers_release_job)(job_id=relay.job.id)
-    await relay.close()
 
 
 def _body(request) -> bytes:
