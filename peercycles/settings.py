@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "apps.workers",
     "apps.marketplace",
     "apps.staking",
+    "apps.verification",
 ]
 
 MIDDLEWARE = [
@@ -148,6 +149,8 @@ CELERY_BEAT_SCHEDULE = {
     "reap-silent-workers": {"task": "apps.workers.tasks.workers_reap_silent_task", "schedule": 30.0},
     "scan-deposits": {"task": "apps.credits.tasks.deposits_scan_task", "schedule": 10.0},
     "run-payouts": {"task": "apps.workers.tasks.payouts_run_task", "schedule": 300.0},
+    "sample-verified-jobs": {"task": "apps.verification.tasks.jobs_sample_task", "schedule": 5.0},
+    "run-pending-validations": {"task": "apps.verification.tasks.validations_resume_task", "schedule": 15.0},
     "close-peer-epoch": {"task": "apps.staking.tasks.epoch_close_task",
                          "schedule": float(env_int("PEER_EPOCH_SECONDS", 3600))},
 }
@@ -226,6 +229,11 @@ PEER_QUEUE_TIMEOUT = env_float("PEER_QUEUE_TIMEOUT", 30.0)
 # Jobs that may wait for a worker per model and tier; past it a request gets 429 at once.
 PEER_QUEUE_LIMIT = env_int("PEER_QUEUE_LIMIT", 200)
 PEER_JOB_TIMEOUT = env_float("PEER_JOB_TIMEOUT", 300.0)
+# Jobs one node process relays at once (0: no bound), and requests that may wait their turn
+# (for up to PEER_QUEUE_TIMEOUT, holding nothing); past either a request gets 503 + Retry-After.
+# See apps/marketplace/admission.py and docs/benchmarks.md for how the default was chosen.
+PEER_NODE_JOB_LIMIT = env_int("PEER_NODE_JOB_LIMIT", 64)
+PEER_NODE_WAIT_LIMIT = env_int("PEER_NODE_WAIT_LIMIT", 1000)
 # How long a node process reuses its routing roster (workers eligible for a model and tier, their
 # scores, the dearest offer) before reading it again; see apps/workers/roster.py. 0: every job.
 PEER_ROUTING_CACHE_SECONDS = env_float("PEER_ROUTING_CACHE_SECONDS", 1.0)
@@ -256,4 +264,23 @@ PEER_INITIAL_SUPPLY = env_int("PEER_INITIAL_SUPPLY", 1_000_000_000 * 10**9)
 PEER_UNSTAKE_COOLDOWN_SECONDS = env_int("PEER_UNSTAKE_COOLDOWN_SECONDS", 7 * 24 * 3600)
 PEER_VERIFIED_BOND = env_int("PEER_VERIFIED_BOND", 1_000 * 10**9)
 PEER_SLASH_CHALLENGER_PERCENT = env_int("PEER_SLASH_CHALLENGER_PERCENT", 50)
+# What one proven fault takes from a bond (PEER base units; all of it when the bond holds less).
+PEER_SLASH_AMOUNT = env_int("PEER_SLASH_AMOUNT", PEER_VERIFIED_BOND // 10)
+# Verified routing needs this reputation too: a proven fault halves it (docs/routing.md).
+PEER_VERIFIED_REPUTATION_FLOOR = env_float("PEER_VERIFIED_REPUTATION_FLOOR", 0.3)
+
+# Re-execution of verified jobs (docs/verification.md). A completed verified job is drawn for
+# re-execution with its tier's rate for a worker of reputation 1, rising linearly to
+# PEER_VERIFY_SAMPLE_RATE_MAX for a worker of reputation 0.
+PEER_VERIFY_SAMPLE_RATE = {
+    "verified": env_float("PEER_VERIFY_SAMPLE_RATE_VERIFIED", 0.05),
+}
+PEER_VERIFY_SAMPLE_RATE_MAX = env_float("PEER_VERIFY_SAMPLE_RATE_MAX", 0.25)
+# One validator's re-execution may take this long; a job tries this many validators in all.
+PEER_VERIFY_TIMEOUT = env_float("PEER_VERIFY_TIMEOUT", 120.0)
+PEER_VERIFY_MAX_ATTEMPTS = env_int("PEER_VERIFY_MAX_ATTEMPTS", 3)
+# Open challenges: anyone may challenge a verified job this long after it completed, holding
+# this much of their credits (micro-USDC) as the challenge's bond.
+PEER_CHALLENGE_WINDOW_SECONDS = env_int("PEER_CHALLENGE_WINDOW_SECONDS", 24 * 3600)
+PEER_CHALLENGE_BOND = env_int("PEER_CHALLENGE_BOND", 50_000)
 PEER_EPOCH_SECONDS = env_int("PEER_EPOCH_SECONDS", 3600)

@@ -157,7 +157,8 @@ class Agent:
 
     def _hello(self) -> dict[str, Any]:
         frame = protocol.hello(token=self.config.token, agent_version=__version__,
-                               models=[s.model.announce() for s in self.served],
+                               models=[{**s.model.announce(), "validates": can_validate(s.backend)}
+                                       for s in self.served],
                                backends=list(dict.fromkeys(b.name for b in self.backends)),
                                hardware=self.hardware, signing_key=public_key_text(self.signing_key))
         # Not a required protocol field: a label for dashboards, defaulting to the host name.

@@ -1,4 +1,4 @@
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from .models import AccountKind, Asset, LedgerAccount, LedgerEntry, LedgerTransaction
 
@@ -50,20 +50,25 @@ def ledger_invariant_violations() -> list[str]:
     return problems
 
 
+HOLD_ENDINGS = ("capture", "refund", "hold_forfeit")
+
+
 def _hold_violations() -> list[str]:
     problems = []
     kinds_by_job: dict[str, list[str]] = {}
-    for reference, kind in (LedgerTransaction.objects.filter(reference__startswith="job:")
+    # Holds are a job's price or a challenge's bond (apps/verification/challenges.py).
+    for reference, kind in (LedgerTransaction.objects.filter(Q(reference__startswith="job:") |
+                                                            Q(reference__startswith="challenge:"))
                             .order_by("id").values_list("reference", "kind")):
         kinds_by_job.setdefault(reference, []).append(kind)
     open_holds = 0
     for reference, kinds in kinds_by_job.items():
         holds = kinds.count("hold")
-        settles = kinds.count("capture") + kinds.count("refund")
+        settles = sum(kinds.count(kind) for kind in HOLD_ENDINGS)
         if holds > 1 or settles > 1:
             problems.append(f"{reference} was held {holds} times and settled {settles} times")
         elif settles and (not holds or kinds.index("hold") > max(
-                i for i, k in enumerate(kinds) if k in ("capture", "refund"))):
+                i for i, k in enumerate(kinds) if k in HOLD_ENDINGS)):
             problems.append(f"{reference} was settled without a hold before it")
         elif holds and not settles:
             open_holds += next(e.amount for e in LedgerEntry.objects.filter(

@@ -75,6 +75,15 @@ def credits_settle_in_atomic(*, user, held_amount: int, charge: int, worker, ref
                        idempotency_key=f"{reference}:settle", legs=legs)
 
 
+def credits_hold_release_in_atomic(*, user, amount: int, reference: str, forfeit: bool) -> LedgerTransaction:
+    """End a hold that is not a job's: back to the user's credits, or, when `forfeit`, to the
+    treasury (a rejected challenge's bond). Once per reference. Caller holds an atomic block."""
+    held = _user_held_spec(user.pk)
+    to = system_spec(TREASURY_CODE) if forfeit else _user_spec(user.pk)
+    return ledger_post(kind="hold_forfeit" if forfeit else "refund", reference=reference,
+                       idempotency_key=f"{reference}:settle", legs=[Leg(held, -amount), Leg(to, amount)])
+
+
 def validator_pay_for_reexecution(*, validator, job_price: int, reference: str) -> LedgerTransaction:
     """Pay the validator worker for re-executing a job, from the treasury (the margin's 20%).
 

@@ -23,6 +23,15 @@ class Job(models.Model):
         CAPTURED = "captured"
         RELEASED = "released"
 
+    class Verification(models.TextChoices):
+        NONE = "", "not applicable"  # open tier, embeddings, failed or cancelled jobs
+        AWAITING = "awaiting"  # a completed, signed verified job the sampler has not drawn for yet
+        NOT_SAMPLED = "not_sampled"
+        PENDING = "pending"  # being re-executed (sampled or challenged)
+        PASSED = "passed"
+        FAILED = "failed"  # a proven fault: two validators' runs disagree with the answer
+        UNDECIDED = "undecided"  # no validator could re-execute it
+
     class Kind(models.TextChoices):
         GENERATION = "generation"  # chat and raw completions: text out
         EMBEDDING = "embedding"  # /v1/embeddings: one vector per input
@@ -56,6 +65,7 @@ class Job(models.Model):
     commitment = models.JSONField(null=True, blank=True, help_text="inputs and hash")
     # The owner asked (peer_public_proof) that anyone with the job id may read its proof.
     proof_public = models.BooleanField(default=False)
+    verification_status = models.CharField(max_length=12, choices=Verification.choices, blank=True, default="")
     error_code = models.CharField(max_length=50, blank=True)
     error_message = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -64,7 +74,10 @@ class Job(models.Model):
     deadline_at = models.DateTimeField(help_text="After this the reaper refunds a job still open.")
 
     class Meta:
-        indexes = [models.Index(fields=["hold_state", "deadline_at"]), models.Index(fields=["user", "-created_at"])]
+        indexes = [models.Index(fields=["hold_state", "deadline_at"]), models.Index(fields=["user", "-created_at"]),
+                   # the sampler's work list: small, as it draws for every job it finds
+                   models.Index(fields=["finished_at"], condition=models.Q(verification_status="awaiting"),
+                                name="job_awaiting_sample")]
 
     def __str__(self) -> str:
         return f"job {self.id} ({self.status})"

@@ -27,10 +27,11 @@ def peer_object(job: Job) -> dict:
     }
 
 
-def proof_body(job: Job) -> dict:
+def proof_body(job: Job, verification: dict) -> dict:
     """GET /v1/jobs/{id}/proof: what a client needs to check the answer offline (python -m
     worker.commitment): the commitment and its inputs (the prompt and output only as hashes),
-    the worker's signature and public key, and where verification stands."""
+    the worker's signature and public key, and where verification stands (`verification`, from
+    apps.verification.presenters.verification_record)."""
     commitment = job.commitment or {}
     return {
         "object": "peer.proof",
@@ -42,9 +43,7 @@ def proof_body(job: Job) -> dict:
         "worker_public_key": commitment.get("worker_public_key"),
         "commitment": {"hash": commitment.get("hash"), "inputs": commitment.get("inputs"),
                        "signature": commitment.get("signature")} if commitment else None,
-        # Re-execution by validators (sampling, verdicts, challenges) is not built yet: no
-        # verified job has been re-executed, and the proof says so rather than imply otherwise.
-        "verification": {"status": "not_sampled" if commitment.get("signature") else "unsigned"},
+        "verification": verification,
     }
 
 

@@ -133,8 +133,11 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
             why = "sent no signature" if not signature else "has no signing key" if not key else \
                 f"signed {claimed_commitment or 'another commitment'}, not {commitment}"
             raise CommitmentRejected(f"the worker {why}")
+        # A signed verified answer goes to the sampler's draw (apps/verification/services.py).
+        awaiting = job.tier == "verified" and finish_reason != "cancelled" and signed
         return charge, {"completion_tokens": completion_tokens, "output_text": output_text,
                         "finish_reason": finish_reason, "model_digest": model_digest,
+                        "verification_status": Job.Verification.AWAITING if awaiting else Job.Verification.NONE,
                         "commitment": {"inputs": inputs, "hash": commitment, "usage_source": usage_source,
                                        "signature": signature if signed else None,
                                        "worker_public_key": key if signed else None}}

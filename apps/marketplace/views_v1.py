@@ -14,8 +14,10 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.accounts.selectors import api_key_authenticate, bearer_token
 from apps.credits.pricing import micro_to_credits_ceil
 from apps.credits.x402 import PAYMENT_HEADER, PaymentRejected, payment_required, x402_settle_to_credits
+from apps.verification.presenters import verification_record
 
 from . import presenters
+from .admission import Slot, job_admit
 from .embeddings import EmbedRelay
 from .errors import ApiError
 from .relay import JobFailed, JobRelay
@@ -26,7 +28,7 @@ from .services import InsufficientCredits, embed_job_create, job_create
 logger = logging.getLogger(__name__)
 
 
-async def _authenticate(request):
+async def api_user(request):
     token = bearer_token(request.headers.get("Authorization", ""))
     if not token:
         raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
@@ -36,7 +38,7 @@ async def _authenticate(request):
     return user
 
 
-def _api_errors(view):
+def openai_errors(view):
     async def wrapper(request, *args, **kwargs):
         try:
             return await view(request, *args, **kwargs)
@@ -53,15 +55,15 @@ def _api_errors(view):
     return csrf_exempt(wrapper)
 
 
-@_api_errors
+@openai_errors
 async def models_list(request):
     if request.method != "GET":
         raise ApiError(405, "Use GET.", code="method_not_allowed")
-    await _authenticate(request)
+    await api_user(request)
     return JsonResponse({"object": "list", "data": await database_sync_to_async(models_listing)()})
 
 
-@_api_errors
+@openai_errors
 async def job_proof(request, job_id):
     """A job's proof (its commitment, signature and worker key): for its owner, or for anyone
     with the job id when the owner asked for a public proof (peer_public_proof)."""
@@ -69,20 +71,20 @@ async def job_proof(request, job_id):
         raise ApiError(405, "Use GET.", code="method_not_allowed")
     job = await database_sync_to_async(job_get)(job_id=job_id)
     if job is None or not job.proof_public:
-        user = await _authenticate(request)
+        user = await api_user(request)
         if job is None or job.user_id != user.id:  # another user's job is as good as missing
             raise ApiError(404, f"No job {job_id} of yours on this node.", code="job_not_found")
     if job.commitment is None:
         raise ApiError(409, "This job has no commitment: it did not complete.", code="job_not_completed")
-    return JsonResponse(presenters.proof_body(job))
+    return JsonResponse(presenters.proof_body(job, await database_sync_to_async(verification_record)(job)))
 
 
-@_api_errors
+@openai_errors
 async def chat_completions(request):
     return await _run_job(request, parse_chat_request)
 
 
-@_api_errors
+@openai_errors
 async def completions(request):
     return await _run_job(request, parse_completion_request)
 
@@ -90,13 +92,25 @@ async def completions(request):
 async def _run_job(request, parse):
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
-    user = await _authenticate(request)
+    user = await api_user(request)
     chat = parse(_body(request), default_tier=settings.PEER_DEFAULT_TIER,
                  default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
     entry = await _catalogue_entry(chat.model, tier=chat.tier)
     if entry.kind != "chat":
         raise ApiError(400, f"{entry.name} is an embedding model: use POST /v1/embeddings.", param="model",
                        code="unsupported_model")
+    slot = await job_admit()
+    streaming = False
+    try:
+        response = await _relay_job(request, user=user, chat=chat, entry=entry, slot=slot)
+        streaming = isinstance(response, StreamingHttpResponse)
+        return response
+    finally:
+        if not streaming:  # a stream's body lets go of its place when it ends
+            slot.release()
+
+
+async def _relay_job(request, *, user, chat, entry, slot):
     job, settlement = await _create_paid_job(request, create=job_create, user=user, chat=chat, entry=entry)
     relay = JobRelay(job=job, entry=entry, route=chat.route)
     try:
@@ -110,8 +124,9 @@ async def _run_job(request, parse):
         await asyncio.shield(relay.abandon("client closed the connection while the job waited for a worker"))
         raise
     if chat.stream:
-        response = StreamingHttpResponse(_stream(relay, include_usage=chat.include_usage),
-                                         content_type="text/event-stream")
+        body = _stream(relay, include_usage=chat.include_usage, slot=slot)
+        slot.release_with(body)  # a body never sent (the client left first) is collected unstarted
+        response = StreamingHttpResponse(body, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return _with_settlement(response, settlement)
@@ -128,22 +143,25 @@ async def _run_job(request, parse):
     return _with_settlement(JsonResponse(presenters.completion_body(relay.job)), settlement)
 
 
-@_api_errors
+@openai_errors
 async def embeddings(request):
     """One vector per input, in order, from a worker serving the embedding model; settled like chat."""
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
-    user = await _authenticate(request)
+    user = await api_user(request)
     embedding = parse_embedding_request(_body(request), default_tier=settings.PEER_DEFAULT_TIER)
     entry = await _catalogue_entry(embedding.model, tier=embedding.tier)
-    job, settlement = await _create_paid_job(request, create=embed_job_create, user=user, embedding=embedding,
-                                             entry=entry)
-    relay = EmbedRelay(job=job, entry=entry, route=embedding.route)
+    slot = await job_admit()
     try:
+        job, settlement = await _create_paid_job(request, create=embed_job_create, user=user, embedding=embedding,
+                                                 entry=entry)
+        relay = EmbedRelay(job=job, entry=entry, route=embedding.route)
         vectors = await relay.run()
     except JobFailed as exc:
         retry = {"Retry-After": str(int(settings.PEER_QUEUE_TIMEOUT))} if exc.status == 503 else {}
         raise ApiError(exc.status, exc.message, code=exc.code, headers=retry) from None
+    finally:
+        slot.release()
     body = presenters.embedding_body(relay.job, vectors, encoding_format=embedding.encoding_format)
     return _with_settlement(JsonResponse(body), settlement)
 
@@ -211,7 +229,7 @@ def _with_settlement(response, settlement):
     return response
 
 
-async def _stream(relay: JobRelay, *, include_usage: bool):
+async def _stream(relay: JobRelay, *, include_usage: bool, slot: Slot):
     try:
         if opening := presenters.opening_chunk(relay.job):
             yield opening
@@ -226,4 +244,5 @@ async def _stream(relay: JobRelay, *, include_usage: bool):
         if not relay.settled:
             await relay.abort("client closed the stream")
         await relay.close()
+        slot.release()
     yield presenters.sse("[DONE]")

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from apps.credits.models import LedgerAccount
 
+from .metrics import decayed
 from .models import CatalogueModel, Worker
 
 
@@ -38,6 +39,11 @@ def workers_eligible(*, entry: CatalogueModel, tier: str,
     if tier == "verified":
         # Verified answers carry the worker's signed commitment: an agent without a key cannot.
         found = [(worker, model) for worker, model in found if worker.signing_key]
+    if tier == "verified" and found:
+        # A proven fault halves reputation: below the floor a worker is off the verified tier.
+        now = timezone.now()
+        found = [(worker, model) for worker, model in found if decayed(
+            worker.reputation, worker.reputation_updated_at, now) >= settings.PEER_VERIFIED_REPUTATION_FLOOR]
     if tier == "verified" and found:
         # The verified tier is bonded: a worker without enough locked $PEER is not eligible.
         from apps.staking.selectors import workers_with_sufficient_bond

@@ -169,9 +169,10 @@ class ScriptedAgent:
     real agent it signs each job.done it sends (unless the script put a signature in it) over
     the commitment to what it streamed for that job."""
 
-    def __init__(self, node_url: str, token: str, model: dict, on_job):
+    def __init__(self, node_url: str, token: str, model: dict, on_job, validates: bool = False):
         self.url = node_url.replace("http://", "ws://") + "/ws/agent/"
         self.token, self.model, self.on_job = token, model, on_job
+        self.validates = validates  # announced in its hello: it gets validate.assign (to on_job) too
         self.received: list[dict] = []
         self.closed_with = None
         self.key = Ed25519PrivateKey.generate()
@@ -190,7 +191,8 @@ class ScriptedAgent:
         async with websockets.connect(self.url) as ws:
             await ws.send(json.dumps(protocol.hello(
                 token=self.token, agent_version="scripted", backends=["builtin"], hardware={},
-                models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "builtin"}],
+                models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "builtin",
+                         "validates": self.validates}],
                 signing_key=public_key_text(self.key))))
             link = _SigningLink(ws, self.key)
             while not self._stop.is_set():
@@ -202,7 +204,7 @@ class ScriptedAgent:
                     self.closed_with = closed.rcvd.code if closed.rcvd else None
                     return
                 self.received.append(frame)
-                if frame["type"] == "job.assign":
+                if frame["type"] in ("job.assign", "validate.assign"):
                     link.jobs[frame["job_id"]] = frame
                     if await self.on_job(link, frame) == "hang up":
                         return

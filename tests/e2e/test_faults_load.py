@@ -115,12 +115,14 @@ def test_a_burst_of_a_thousand_requests_on_two_workers_completes_or_is_refused_c
         else:
             error = json.loads(text)["error"]
             assert int(headers["Retry-After"]) > 0
-            assert error["code"] == ("queue_full" if status == 429 else "no_worker_available")
+            assert error["code"] in (("queue_full",) if status == 429 else ("no_worker_available", "node_busy"))
+    unserved = sum(1 for status, _, text, _ in results if status == 503 and '"no_worker_available"' in text)
     jobs = Job.objects.filter(user=alice)
-    # A 429 holds nothing; every other request held once and was captured (200) or refunded (503).
-    assert jobs.count() == counts.get(200, 0) + counts.get(503, 0)
+    # A 429 or node_busy holds nothing (no job); every other request held once and was captured
+    # (200) or refunded (503 no_worker_available).
+    assert jobs.count() == counts.get(200, 0) + unserved
     assert jobs.filter(hold_state="captured", status="completed").count() == counts.get(200, 0)
-    assert jobs.filter(hold_state="released", status="failed").count() == counts.get(503, 0)
+    assert jobs.filter(hold_state="released", status="failed").count() == unserved
     charged = sum(jobs.values_list("charged_amount", flat=True))
     assert before - balance_get(user=alice) == charged
     assert_money_sound(usdc)

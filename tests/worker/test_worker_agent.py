@@ -95,7 +95,8 @@ def test_hello_announces_token_version_model_backend_and_hardware():
         assert hello["agent_version"] == worker.__version__
         assert hello["backends"] == ["fake"]
         assert hello["models"] == [{"id": "fake-model", "digest": backend.digest,
-                                    "backend": "fake", "context_length": 128, "kind": "chat"}]
+                                    "backend": "fake", "context_length": 128, "kind": "chat",
+                                    "validates": False}]  # FakeBackend cannot score answers
         assert hello["hardware"] == HARDWARE
         assert hello["name"] == "test-agent"
 

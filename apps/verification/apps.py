@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class VerificationConfig(AppConfig):
+    name = "apps.verification"
+    default_auto_field = "django.db.models.BigAutoField"
