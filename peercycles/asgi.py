@@ -1,4 +1,5 @@
-"""HTTP through Django; WebSockets through Channels (the agent link at /ws/agent/)."""
+"""HTTP through Django; WebSockets through Channels (the agent link at /ws/agent/, the
+network's event stream at /ws/network/)."""
 
 import os
 
@@ -17,11 +18,14 @@ if settings.PEER_SERVE_STATIC:
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)
 from django.urls import path  # noqa: E402
 
+from apps.marketplace.network import NetworkConsumer  # noqa: E402
 from apps.workers.consumers import AgentConsumer  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
     # Agents authenticate with their worker token in the hello frame, not with cookies,
     # so the agent route has no session or origin middleware.
-    "websocket": URLRouter([path("ws/agent/", AgentConsumer.as_asgi())]),
+    # The network stream is public and read-only.
+    "websocket": URLRouter([path("ws/agent/", AgentConsumer.as_asgi()),
+                            path("ws/network/", NetworkConsumer.as_asgi())]),
 })

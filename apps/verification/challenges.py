@@ -14,6 +14,7 @@ from django.utils import timezone
 from apps.credits.ledger import InsufficientFunds
 from apps.credits.services import credits_hold_in_atomic, credits_hold_release_in_atomic
 from apps.marketplace.models import Job
+from apps.marketplace.network import network_event_publish
 
 from .models import Challenge, Validation
 
@@ -56,6 +57,8 @@ def challenge_open(*, user, job_id, now=None) -> tuple[Challenge, Validation]:
         validation = Validation.objects.create(job=job, reason=Validation.Reason.CHALLENGED, challenge=challenge)
         if job.verification_status != Job.Verification.PENDING:
             Job.objects.filter(id=job.id).update(verification_status=Job.Verification.PENDING)
+        network_event_publish("challenge.opened", challenge_id=str(challenge.id), job_id=str(job.id),
+                              worker_id=str(job.worker_id))
     return challenge, validation
 
 
@@ -69,4 +72,6 @@ def challenge_settle_in_atomic(*, challenge_id, state: str) -> bool:
                                    forfeit=state == Challenge.State.REJECTED)
     challenge.state, challenge.decided_at = state, timezone.now()
     challenge.save(update_fields=["state", "decided_at"])
+    network_event_publish("challenge.decided", challenge_id=str(challenge.id), job_id=str(challenge.job_id),
+                          state=state)
     return True

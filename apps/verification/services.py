@@ -21,6 +21,7 @@ from django.utils import timezone
 from apps.credits.ledger import InsufficientFunds
 from apps.credits.services import validator_pay_for_reexecution
 from apps.marketplace.models import Job
+from apps.marketplace.network import network_event_publish
 from apps.staking.services import bond_slash
 from apps.workers.metrics import decayed, worker_outcome_record
 from apps.workers.models import Worker
@@ -194,10 +195,15 @@ def _fault_proven(job: Job, confirming: Validation) -> None:
     challenger = confirming.challenge.challenger if confirming.challenge else \
         first.validator.operator if first and first.validator else None
     amount = min(settings.PEER_SLASH_AMOUNT, bond_slashable(worker_id=job.worker_id))
+    slash = None
     if amount > 0:
-        bond_slash(worker=job.worker, amount=amount, challenger=challenger, idempotency_key=f"slash:job:{job.id}",
-                   reason=f"job {job.id}: two validators' re-executions disagree with its answer")
+        slash = bond_slash(worker=job.worker, amount=amount, challenger=challenger,
+                           idempotency_key=f"slash:job:{job.id}",
+                           reason=f"job {job.id}: two validators' re-executions disagree with its answer")
     if _job_verdict(job, Job.Verification.FAILED, confirming.challenge, Challenge.State.UPHELD):
+        if slash is not None:
+            network_event_publish("verification.slash", job_id=str(job.id), worker_id=str(job.worker_id),
+                                  amount=slash.amount, burned=slash.burned, to_challenger=slash.to_challenger)
         worker_outcome_record(worker_id=job.worker_id, outcome="verification_failed")
         roster_changed()  # a smaller bond and reputation may take it off the verified roster
         logger.warning("job %s: fault proven against worker %s; slashed %s", job.id, job.worker_id, amount)
@@ -213,6 +219,8 @@ def _job_verdict(job: Job, status: str, challenge: Challenge | None, challenge_s
             status == Job.Verification.FAILED and locked.verification_status != Job.Verification.FAILED)
         if moved:
             Job.objects.filter(id=job.id).update(verification_status=status)
+            network_event_publish("verification.verdict", job_id=str(job.id), worker_id=str(job.worker_id),
+                                  model=job.public_model, status=status)
         if challenge is not None:
             challenges.challenge_settle_in_atomic(challenge_id=challenge.id, state=challenge_state)
     return moved
