@@ -74,14 +74,16 @@ class BuiltinBackend:
 
     @classmethod
     def load(cls, model_path: Path | None, *, n_threads: int,
-             n_ctx: int = DEFAULT_CONTEXT_LENGTH) -> BuiltinBackend:
+             n_ctx: int = DEFAULT_CONTEXT_LENGTH, n_batch: int = 512) -> BuiltinBackend:
+        """n_batch: the agent always uses 512; other values are for measuring honest variation
+        (tests/bench/bench_verification.py)."""
         from llama_cpp import Llama
 
         model = resolve_model(model_path)
         started = time.perf_counter()
         # Everything that changes how the prompt is split or attention is summed is pinned,
         # so that a library default changing cannot make two workers disagree.
-        llm = Llama(model_path=str(model.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+        llm = Llama(model_path=str(model.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                     n_threads=n_threads, n_threads_batch=n_threads, flash_attn=False,
                     swa_full=True, n_gpu_layers=0, verbose=False)
         load_seconds = time.perf_counter() - started
