@@ -1,8 +1,8 @@
 """Re-executing another worker's job as a validator (`validate.assign` -> `validate.done`).
 
 The validator runs the job exactly as given (same model digest, prompt, seed and sampling
-parameters) and scores the claimed output under its model by teacher forcing: the node compares
-the two (docs/verification.md). Only backends that can score (the builtin llama.cpp one) can
+parameters) and, when its run differs from the claimed output, scores that output under its
+model by teacher forcing: the node compares the two (docs/verification.md). Only backends that can score (the builtin llama.cpp one) can
 validate; the others refuse with `unsupported`.
 """
 
@@ -35,6 +35,12 @@ async def validation_result(backend: Any, model_id: str, digest: str, request: R
     output, reason = await asyncio.to_thread(run)
     if cancel.is_set():
         raise BackendError("cancelled", "the validation was cancelled")
+    if output == claimed:
+        # The same text is a match whatever the scores (apps/verification/compare.py), and
+        # scoring costs about as much again as the run: an honest answer is checked at the cost
+        # of one rerun (docs/verification.md, "Measured").
+        return {"model_digest": digest, "output": output, "finish_reason": reason, "token_logprobs": [],
+                "end_logprob": None}
     scored = await asyncio.to_thread(backend.score, model_id, request, claimed)
     return {"model_digest": digest, "output": output, "finish_reason": reason,
             "token_logprobs": scored.token_logprobs, "end_logprob": scored.end_logprob}

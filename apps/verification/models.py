@@ -57,7 +57,7 @@ class Validation(models.Model):
     validator = models.ForeignKey("workers.Worker", null=True, blank=True, on_delete=models.PROTECT,
                                   related_name="validations")
     validators_tried = models.JSONField(default=list, help_text="worker ids that were assigned it and did not answer")
-    outcome = models.CharField(max_length=10, blank=True, help_text="match, plausible or mismatch")
+    outcome = models.CharField(max_length=12, blank=True, help_text="match, plausible, inconclusive or mismatch")
     detail = models.CharField(max_length=300, blank=True)
     mean_logprob = models.FloatField(null=True, blank=True)
     lowest_logprob = models.FloatField(null=True, blank=True)

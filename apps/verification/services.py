@@ -3,8 +3,9 @@
 The flow (docs/verification.md): `jobs_sample` draws among completed verified jobs; a drawn job
 gets a Validation, which `validator_claim` assigns to an idle worker of another operator serving
 the same model digest; its answer is compared (compare.py) by `validation_record`; then
-`verdict_apply` decides: an answer that stands passes; a first mismatch asks a second validator
-(of yet another operator); a second mismatch is a proven fault: the bond is slashed once per job
+`verdict_apply` decides: an answer that stands passes; a first mismatch (or a sampled answer the
+validator could not reproduce: inconclusive) asks a second validator (of yet another operator);
+two mismatches are a proven fault: the bond is slashed once per job
 (part to the challenger, or else to the first validator's operator; the rest burned), the
 worker's reputation is halved and the job is marked failed. Every step is idempotent: a task run
 twice, or resumed after a crash, changes nothing more.
@@ -174,16 +175,20 @@ def verdict_apply(*, validation_id) -> Validation | None:
         return None
     if validation.state != Validation.State.DONE:
         return None
-    if validation.outcome != "mismatch":
+    if validation.outcome in ("match", "plausible"):
         if _job_verdict(job, Job.Verification.PASSED, validation.challenge, Challenge.State.REJECTED):
             worker_outcome_record(worker_id=job.worker_id, outcome="verification_passed")
         return None
-    if validation.round == 1:
+    if validation.round == 1:  # a mismatch, or a sampled answer the validator could not reproduce
         confirming, _ = Validation.objects.get_or_create(
             job=job, round=2, challenge=validation.challenge,
             defaults={"reason": Validation.Reason.CONFIRMATION})
         return confirming if confirming.state == Validation.State.PENDING else None
-    _fault_proven(job, validation)
+    first = Validation.objects.filter(job=job, round=1, challenge=validation.challenge).first()
+    if validation.outcome == "mismatch" and first is not None and first.outcome == "mismatch":
+        _fault_proven(job, validation)
+    else:  # an inconclusive round: no proof either way, and nobody is slashed on a doubt
+        _job_verdict(job, Job.Verification.UNDECIDED, validation.challenge, Challenge.State.UNDECIDED)
     return None
 
 

@@ -116,14 +116,13 @@ def wait_for_status(worker_id, status, timeout=60.0):
     raise AssertionError(f"worker {worker_id} never became {status}")
 
 
-@pytest.fixture
-def agent_process(node_url, catalogue, bob_worker):
-    """The bundled agent, as an operator would start it, serving the built-in model."""
-    worker, token = bob_worker
-    log = open(OUTPUT / "agent.log", "a")
+@contextmanager
+def builtin_agent_running(node_url: str, worker, token: str, model_path: str, *extra: str, log_name="agent.log"):
+    """The bundled agent, as an operator would start it, serving the built-in model, until the
+    block ends; `extra`: more command-line arguments."""
+    log = open(OUTPUT / log_name, "a")
     agent = subprocess.Popen([sys.executable, "-m", "worker", "--server", node_url, "--token", token,
-                              "--threads", "2", "--model-path", catalogue["path"]],
-                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                              "--model-path", model_path, *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_status(worker.id, Worker.Status.IDLE)
         yield worker
@@ -131,6 +130,13 @@ def agent_process(node_url, catalogue, bob_worker):
         agent.terminate()
         agent.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def agent_process(node_url, catalogue, bob_worker):
+    worker, token = bob_worker
+    with builtin_agent_running(node_url, worker, token, catalogue["path"], "--threads", "2"):
+        yield worker
 
 
 class _SigningLink:

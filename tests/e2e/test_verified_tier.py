@@ -2,8 +2,6 @@
 SDK; the sampled job is re-executed by real validator agents of other operators over the agent
 protocol (the runner runs here, as a Celery worker would: any process on the node's Redis)."""
 
-import subprocess
-import sys
 from contextlib import contextmanager
 
 import openai
@@ -24,7 +22,7 @@ from apps.workers.selectors import workers_eligible
 from apps.workers.services import worker_register
 from tests.conftest import bond
 
-from .conftest import OUTPUT, ROOT, ScriptedAgent, wait_for_status
+from .conftest import OUTPUT, ScriptedAgent, builtin_agent_running, wait_for_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 MESSAGES = [{"role": "user", "content": "Name three primary colors."}]
@@ -44,17 +42,9 @@ def builtin_agent(node_url, operator, catalogue, name, *extra, bonded=False):
     worker, token = worker_register(operator=operator, name=name, tiers=["open", "verified"])
     if bonded:
         bond(worker)
-    log = open(OUTPUT / f"agent-{name}.log", "a")
-    agent = subprocess.Popen([sys.executable, "-m", "worker", "--server", node_url, "--token", token, "--threads", "1",
-                              "--model-path", catalogue["path"], "--key-file", str(OUTPUT / f"key-{name}.pem"), *extra],
-                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_status(worker.id, Worker.Status.IDLE)
+    with builtin_agent_running(node_url, worker, token, catalogue["path"], "--threads", "1",
+                               "--key-file", str(OUTPUT / f"key-{name}.pem"), *extra, log_name=f"agent-{name}.log"):
         yield worker
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
-        log.close()
 
 
 def _ask(node_url, key, worker, n=1):

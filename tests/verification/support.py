@@ -35,10 +35,10 @@ def make_worker(operator, entry, name, *, bonded=False, validates=True) -> tuple
     return worker, key
 
 
-def verified_job(user, worker, key, entry, output=ANSWER) -> Job:
+def verified_job(user, worker, key, entry, output=ANSWER, temperature=0.0) -> Job:
     credits_grant(user=user, credits=100)
     body = json.dumps({"model": entry.name, "messages": [{"role": "user", "content": "colours?"}],
-                       "max_tokens": 16, "temperature": 0, "peer_tier": "verified"}).encode()
+                       "max_tokens": 16, "temperature": temperature, "peer_tier": "verified"}).encode()
     chat = parse_chat_request(body, default_tier="verified", default_max_tokens=16, max_tokens_limit=1024)
     job = job_create(user=user, chat=chat, entry=entry)
     job_start(job_id=job.id, worker_id=worker.id, model_digest=entry.digests[0], price_per_token=100)

@@ -114,6 +114,28 @@ def test_a_second_validator_that_agrees_with_the_worker_clears_it(alice, bob, ca
     assert Job.objects.get(id=job.id).verification_status == "passed" and not Slash.objects.exists()
 
 
+@pytest.mark.parametrize(("second", "verdict"), [("match", "passed"), ("mismatch", "undecided"),
+                                                ("inconclusive", "undecided")])
+def test_a_sampled_answer_no_validator_reproduces_is_never_slashed(alice, bob, carol, mallory, entry, settings,
+                                                                   second, verdict):
+    """At temperature > 0 a validator with other numerics diverges honestly: a differing answer
+    is inconclusive; a second validator may reproduce it (passed), else it stays undecided."""
+    settings.PEER_VERIFY_SAMPLE_RATE = {"verified": 1.0}
+    worker, key = make_worker(bob, entry, "w", bonded=True)
+    make_worker(carol, entry, "v1")
+    make_worker(mallory, entry, "v2")
+    job = verified_job(alice, worker, key, entry, temperature=0.7)
+    [validation_id] = jobs_sample()
+    _, confirming = validator_answers(validation_id, output="Blue, green and red.", logprobs=HONEST_LOGPROBS)
+    assert Validation.objects.get(id=validation_id).outcome == "inconclusive" and confirming is not None
+    # "mismatch": the validator's run goes on where the answer claims to stop (cut short).
+    answers = {"match": (ANSWER, HONEST_LOGPROBS), "mismatch": (ANSWER + " And green.", CHEAT_LOGPROBS),
+               "inconclusive": ("Cyan.", HONEST_LOGPROBS)}[second]
+    validator_answers(confirming.id, output=answers[0], logprobs=answers[1])
+    assert Validation.objects.get(id=confirming.id).outcome == second
+    assert Job.objects.get(id=job.id).verification_status == verdict and not Slash.objects.exists()
+
+
 def test_no_validator_of_the_same_operator_or_without_the_digest_is_ever_chosen(alice, bob, carol, entry, settings):
     settings.PEER_VERIFY_SAMPLE_RATE = {"verified": 1.0}
     worker, key = make_worker(bob, entry, "w", bonded=True)

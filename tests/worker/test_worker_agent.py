@@ -444,6 +444,25 @@ def test_a_validator_reruns_the_job_and_scores_the_claimed_output():
     run(scenario)
 
 
+def test_a_validator_whose_run_gives_the_claimed_text_does_not_score_it():
+    backend = _ScoringBackend(pieces=("Hel", "lo"))
+    scored = []
+    backend.score = lambda *args: scored.append(args)  # a rerun that matches needs no scores
+
+    async def script(ws: ServerConnection) -> dict:
+        await welcome(ws)
+        await ws.send(_validate_frame(backend.digest, output="Hello"))
+        return await receive(ws)
+
+    async def scenario() -> None:
+        done = await run_one_session(backend, script)
+        assert (done["type"], done["output"], done["token_logprobs"], done["end_logprob"]) == \
+            ("validate.done", "Hello", [], None)
+        assert scored == [] and protocol.decode_agent_frame(protocol.encode(done)) == done
+
+    run(scenario)
+
+
 def test_a_backend_that_cannot_score_refuses_to_validate():
     backend = FakeBackend()
 

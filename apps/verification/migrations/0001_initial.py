@@ -37,7 +37,7 @@ class Migration(migrations.Migration):
                 ('round', models.PositiveSmallIntegerField(default=1)),
                 ('state', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('done', 'Done'), ('undecided', 'Undecided')], default='pending', max_length=10)),
                 ('validators_tried', models.JSONField(default=list, help_text='worker ids that were assigned it and did not answer')),
-                ('outcome', models.CharField(blank=True, help_text='match, plausible or mismatch', max_length=10)),
+                ('outcome', models.CharField(blank=True, help_text='match, plausible, inconclusive or mismatch', max_length=12)),
                 ('detail', models.CharField(blank=True, max_length=300)),
                 ('mean_logprob', models.FloatField(blank=True, null=True)),
                 ('lowest_logprob', models.FloatField(blank=True, null=True)),
