@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -107,8 +108,8 @@ if DATABASE_URL and PEER_DB_POOL_SIZE:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
-# The messages one node process's inbox may hold: with channels_redis every relay and agent link
-# of a process shares one Redis list. Over it, frames are dropped and their jobs fail (refunded).
+# With PEER_CHANNEL_LAYER=list (below): the messages one node process's inbox may hold: every
+# relay and agent link of a process shares one Redis list. Over it, frames are dropped and their jobs fail (refunded).
 # A larger inbox does not save an overloaded process: with 100,000 the 200-stream benchmark still
 # failed every stream, and the backlog kept the node from serving for the run after it
 # (docs/benchmarks.md).
@@ -133,6 +134,19 @@ if REDIS_URL:
                        "prefix": env_str("PEER_CHANNEL_PREFIX", "peercycles")},
         }
     }
+    # "pubsub": channels_redis's pub/sub layer (a frame is one PUBLISH, delivered by each
+    # process's one subscription; at most once, no capacity). "list": its list-based layer with
+    # our one-round-trip send, whose receive serializes every message of a process behind one
+    # lock and one BZPOPMIN. Measured (docs/benchmarks.md): with pub/sub 200 concurrent streams
+    # complete whole, the node serves 19.5 jobs/s against 10.9, at 64 streams the first token
+    # comes 2.8 s late against 6.7 s. The relay turns a lost frame into a refunded failure.
+    PEER_CHANNEL_LAYER = env_str("PEER_CHANNEL_LAYER", "pubsub")
+    if PEER_CHANNEL_LAYER == "pubsub":
+        CHANNEL_LAYERS["default"]["BACKEND"] = "channels_redis.pubsub.RedisPubSubChannelLayer"
+        layer_config = CHANNEL_LAYERS["default"]["CONFIG"]
+        CHANNEL_LAYERS["default"]["CONFIG"] = {"hosts": layer_config["hosts"], "prefix": layer_config["prefix"]}
+    elif PEER_CHANNEL_LAYER != "list":
+        raise ImproperlyConfigured(f"PEER_CHANNEL_LAYER must be list or pubsub, not {PEER_CHANNEL_LAYER!r}")
 else:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels.layers.InMemoryChannelLayer",

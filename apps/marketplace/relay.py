@@ -92,8 +92,9 @@ class JobRelay(JobMailbox):
 
     async def start(self) -> None:
         """Join the job's group and get the job accepted by a worker, or refund and raise JobFailed."""
-        self.channel = await self.layer.new_channel()
         try:
+            # With the pub/sub layer a new channel is a SUBSCRIBE: Redis may be away already.
+            self.channel = await self.layer.new_channel()
             await self.layer.group_add(job_group(self.job.id), self.channel)
         except LAYER_ERRORS as exc:
             await self._link_lost(exc)

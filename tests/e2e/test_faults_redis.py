@@ -103,9 +103,10 @@ def test_a_redis_restart_mid_stream_ends_that_stream_cleanly_and_the_node_serves
     assert rest[-1] == "[DONE]"
     last = json.loads(rest[-2])
     if "error" in last:
-        # Frames were lost with Redis (or could not be sent while it was down): the stream ends
-        # with an error after whole tokens only, and the whole price is refunded.
-        assert last["error"]["code"] == "node_unavailable"
+        # Frames were lost with Redis (or could not be sent while it was down), or the agent's
+        # link dropped with the layer (its relay hears the worker failed): the stream ends with an
+        # error after whole tokens only, and the whole price is refunded.
+        assert last["error"]["code"] in ("node_unavailable", "worker_failed")
         assert all("choices" in json.loads(data) for data in rest[:-2])
         assert (cut.status, cut.hold_state, cut.charged_amount) == ("failed", "released", 0)
     else:
