@@ -2,8 +2,8 @@
 
 The validator runs the job exactly as given (same model digest, prompt, seed and sampling
 parameters) and, when its run differs from the claimed output, scores that output under its
-model by teacher forcing: the node compares the two (docs/verification.md). Only backends that can score (the builtin llama.cpp one) can
-validate; the others refuse with `unsupported`.
+model by teacher forcing: the node compares the two (docs/verification.md). Only backends that
+can score (the builtin llama.cpp one) can validate; the others refuse with `unsupported`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def verification_status(job: Job) -> str:
 
 def validation_body(validation: Validation) -> dict:
     return {"id": str(validation.id), "reason": validation.reason, "round": validation.round,
-            "state": validation.state, "validator_id": str(validation.validator_id) if validation.validator_id else None,
+            "state": validation.state,
+            "validator_id": str(validation.validator_id) if validation.validator_id else None,
             "outcome": validation.outcome or None, "detail": validation.detail or None,
             "mean_logprob": validation.mean_logprob, "lowest_logprob": validation.lowest_logprob,
             "end_logprob": validation.end_logprob,

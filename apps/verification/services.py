@@ -74,7 +74,8 @@ def validator_claim(*, validation_id) -> Assignment | None:
     from worker import protocol
 
     with transaction.atomic():
-        validation = Validation.objects.select_for_update(of=("self",)).select_related("job__worker").get(id=validation_id)
+        validation = Validation.objects.select_for_update(of=("self",)).select_related("job__worker").get(
+            id=validation_id)
         if validation.state != Validation.State.PENDING:
             return None
         job = validation.job

@@ -44,6 +44,7 @@ from worker.validation import validation_result  # noqa: E402
 WORKER_SETTING = (2, 512)
 VALIDATOR_SETTINGS = [(1, 512), (2, 64), (1, 8)]  # (threads, batch): other numerics than the worker's
 TEMPERATURES = (0.0, 0.7)
+OUTCOMES = ("match", "plausible", "inconclusive", "mismatch")
 COST_SETTING = (2, 64)
 
 
@@ -164,7 +165,7 @@ def main() -> None:
         pairs = len(rows) * len(VALIDATOR_SETTINGS) * (len(VALIDATOR_SETTINGS) - 1)
         slashes = round(_pair_rate(rows) * pairs)
         print(f"   {kind:9} {len(rows):3d} answers x {len(VALIDATOR_SETTINGS)} validators: "
-              + ", ".join(f"{name} {verdicts.count(name)}" for name in ("match", "plausible", "inconclusive", "mismatch"))
+              + ", ".join(f"{name} {verdicts.count(name)}" for name in OUTCOMES)
               + f"; two validators both mismatch (a slash) in {slashes} of {pairs} ordered pairs")
     honest = outcomes["honest"]
     false_accusations = sum(1 for row in honest for setting in VALIDATOR_SETTINGS if row[setting] == "mismatch")
@@ -181,7 +182,8 @@ def main() -> None:
     print(f"\n3. cost: serving a job (worker, {WORKER_SETTING[0]} threads) {serve * 1000:.0f} ms on average; "
           "validating it (re-run + scoring), per validator setting:")
     for setting, seconds in measured["validate"].items():
-        print(f"   {setting[0]} threads, batch {setting[1]}: {mean(seconds) * 1000:.0f} ms ({mean(seconds) / serve:.2f}x)")
+        took = mean(seconds)
+        print(f"   {setting[0]} threads, batch {setting[1]}: {took * 1000:.0f} ms ({took / serve:.2f}x)")
     # The cost figure from a validator with the worker's thread count: compute, not a slower machine.
     validate = mean(measured["validate"][COST_SETTING])
     for q in sample_rates:
