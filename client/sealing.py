@@ -96,13 +96,13 @@ class SealingAuthenticationError(SealingError):
 def keypair() -> tuple[x25519.X25519PrivateKey, str]:
     """A fresh X25519 key pair: the private key, and the public key as base64 for the wire."""
     private_key = x25519.X25519PrivateKey.generate()
-    return private_key, _b64encode(private_key.public_key().public_bytes_raw())
+    return private_key, b64_text(private_key.public_key().public_bytes_raw())
 
 
 def public_key_raw(public_key_b64: str) -> bytes:
     """The 32 raw bytes of a base64 X25519 public key (what binding.report_data takes)."""
     try:
-        raw = _b64decode(public_key_b64, "public key")
+        raw = b64_canonical(public_key_b64, "public key")
     except SealingFormatError as error:
         raise SealingKeyError(str(error)) from None
     if len(raw) != PUBLIC_KEY_SIZE:
@@ -126,8 +126,8 @@ def seal(public_key_b64: str, plaintext: bytes, *, info: bytes, aad: bytes = b""
         # OpenSSL refuses a low-order point, whose shared secret would be all zeros
         # (RFC 9180 §7.1.4): a sealer must not send to such a key.
         raise SealingKeyError("the public key is a low-order X25519 point") from None
-    return {"hpke": suite, "enc": _b64encode(sealed[:ENC_SIZE]),
-            "ciphertext": _b64encode(sealed[ENC_SIZE:])}
+    return {"hpke": suite, "enc": b64_text(sealed[:ENC_SIZE]),
+            "ciphertext": b64_text(sealed[ENC_SIZE:])}
 
 
 def open_sealed(private_key: x25519.X25519PrivateKey, envelope: dict, *, info: bytes,
@@ -197,12 +197,12 @@ def _parse_envelope(envelope: dict) -> tuple[hpke.Suite, bytes, bytes]:
         raise SealingFormatError(f"an envelope has exactly the fields {sorted(ENVELOPE_FIELDS)}; "
                                  f"missing {sorted(missing)}, unknown {sorted(map(str, unknown))}")
     hpke_suite = _suite(envelope["hpke"])
-    enc = _b64decode(envelope["enc"], "enc")
+    enc = b64_canonical(envelope["enc"], "enc")
     if len(enc) != ENC_SIZE:
         # cryptography splits enc ‖ ciphertext at 32 bytes: a short enc would silently borrow
         # ciphertext bytes, so the length is checked here, where the error can say so.
         raise SealingFormatError(f"enc is {ENC_SIZE} bytes for X25519, got {len(enc)}")
-    ciphertext = _b64decode(envelope["ciphertext"], "ciphertext")
+    ciphertext = b64_canonical(envelope["ciphertext"], "ciphertext")
     if len(ciphertext) < TAG_SIZE:
         raise SealingFormatError(f"ciphertext is shorter than the {TAG_SIZE}-byte tag")
     return hpke_suite, enc, ciphertext
@@ -216,21 +216,25 @@ def _suite(name: object) -> hpke.Suite:
                                 f"{sorted(_SUITES)}") from None
 
 
-def _b64encode(raw: bytes) -> str:
+def b64_text(raw: bytes) -> str:
+    """Standard base64 with padding, as every field of the envelopes and evidence is written."""
     return base64.b64encode(raw).decode("ascii")
 
 
-def _b64decode(value: object, field: str) -> bytes:
+def b64_canonical(value: object, field: str, *, error: type[Exception] | None = None) -> bytes:
+    """The bytes of a base64 field written as `b64_text` writes it, or `error` (default
+    SealingFormatError) naming `field`. Shared with client.attestation.simulated."""
+    error = error or SealingFormatError
     if not isinstance(value, str):
-        raise SealingFormatError(f"{field} must be a base64 string, got {type(value).__name__}")
+        raise error(f"{field} must be a base64 string, got {type(value).__name__}")
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):  # ValueError: characters outside ASCII
-        raise SealingFormatError(f"{field} is not standard base64 with padding") from None
+        raise error(f"{field} is not standard base64 with padding") from None
     # b64decode ignores set bits after the last full byte; one spelling per value keeps
     # envelopes comparable and logs unambiguous.
-    if _b64encode(raw) != value:
-        raise SealingFormatError(f"{field} is not canonical base64")
+    if b64_text(raw) != value:
+        raise error(f"{field} is not canonical base64")
     return raw
 
 

@@ -26,8 +26,6 @@ and `ok` is true only when there are none.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 from dataclasses import dataclass
@@ -63,7 +61,7 @@ class SimulatedEnclave:
         keys: tuple[x25519.X25519PrivateKey, str] = sealing.keypair()
         self.private_key, self.public_key = keys
         self._platform_key = ed25519.Ed25519PrivateKey.generate()
-        self.platform_public_key = _b64encode(self._platform_key.public_key().public_bytes_raw())
+        self.platform_public_key = sealing.b64_text(self._platform_key.public_key().public_bytes_raw())
 
     def evidence(self, *, model_digest: str, code_measurement: str, nonce: bytes) -> dict:
         """Signed simulated evidence for this challenge. A bad argument raises BindingError."""
@@ -72,10 +70,10 @@ class SimulatedEnclave:
                                    code_measurement=code_measurement, nonce=nonce)
         fields = {"kind": KIND, "version": VERSION, "enclave_public_key": self.public_key,
                   "model_digest": model_digest, "code_measurement": code_measurement,
-                  "nonce": _b64encode(bytes(nonce)), "report_data": _b64encode(data),
+                  "nonce": sealing.b64_text(bytes(nonce)), "report_data": sealing.b64_text(data),
                   "platform_key": self.platform_public_key}
         signature = self._platform_key.sign(signed_message(fields))
-        return {**fields, "signature": _b64encode(signature)}
+        return {**fields, "signature": sealing.b64_text(signature)}
 
 
 @dataclass(frozen=True)
@@ -184,19 +182,8 @@ def _check_signature(evidence: dict, raw: dict[str, bytes], problems: list[str])
     return True
 
 
-def _b64encode(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
 def _b64decode(value: object, field: str, size: int) -> bytes:
-    if not isinstance(value, str):
-        raise SimulatedEvidenceError(f"{field} must be a base64 string, got {type(value).__name__}")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):  # ValueError: characters outside ASCII
-        raise SimulatedEvidenceError(f"{field} is not standard base64 with padding") from None
-    if _b64encode(raw) != value:  # one spelling per value, as client.sealing insists
-        raise SimulatedEvidenceError(f"{field} is not canonical base64")
+    raw = sealing.b64_canonical(value, field, error=SimulatedEvidenceError)
     if len(raw) != size:
         raise SimulatedEvidenceError(f"{field} must be {size} bytes, got {len(raw)}")
     return raw
