@@ -25,9 +25,8 @@ from apps.marketplace.models import Job
 from apps.marketplace.network import network_event_publish
 from apps.staking.services import bond_slash
 from apps.workers.metrics import decayed, worker_outcome_record
-from apps.workers.models import Worker
 from apps.workers.roster import roster_changed
-from apps.workers.services import worker_claim, worker_release
+from apps.workers.services import worker_claim_first, worker_release
 
 from . import challenges
 from .compare import Evidence, compare
@@ -81,20 +80,22 @@ def validator_claim(*, validation_id) -> Assignment | None:
         job = validation.job
         earlier = Validation.objects.filter(job=job, round__lt=validation.round, validator__isnull=False,
                                             challenge=validation.challenge)
-        for worker_id, model in validator_candidates(
-                job=job, exclude_operator_ids=set(earlier.values_list("validator__operator_id", flat=True)),
-                exclude_worker_ids=set(validation.validators_tried)):
-            if not worker_claim(worker_id=worker_id, job_id=job.id):
-                continue  # taken meanwhile: the next
-            channel = Worker.objects.values_list("channel_name", flat=True).get(id=worker_id)
-            validation.state, validation.validator_id, validation.started_at = \
-                Validation.State.RUNNING, worker_id, timezone.now()
-            validation.save(update_fields=["state", "validator", "started_at"])
-            frame = protocol.validate_assign(
-                job_id=str(job.id), model=model["id"], model_digest=job.model_digest, params=job.params,
-                output=job.output_text, messages=job.messages if job.is_chat else None, prompt=job.raw_prompt)
-            return Assignment(validation.id, job.id, worker_id, channel, frame)
-    return None
+        candidates = validator_candidates(
+            job=job, exclude_operator_ids=set(earlier.values_list("validator__operator_id", flat=True)),
+            exclude_worker_ids=set(validation.validators_tried))
+        # The routing claim: the first still idle and serving the digest, in one statement.
+        claimed = worker_claim_first(ranked=candidates, job_id=job.id)
+        if claimed is None:
+            return None
+        worker_id, channel = claimed
+        model = next(model for candidate, model in candidates if str(candidate) == str(worker_id))
+        validation.state, validation.validator_id, validation.started_at = \
+            Validation.State.RUNNING, worker_id, timezone.now()
+        validation.save(update_fields=["state", "validator", "started_at"])
+        frame = protocol.validate_assign(
+            job_id=str(job.id), model=model["id"], model_digest=job.model_digest, params=job.params,
+            output=job.output_text, messages=job.messages if job.is_chat else None, prompt=job.raw_prompt)
+        return Assignment(validation.id, job.id, worker_id, channel, frame)
 
 
 def validation_attempt_failed(*, validation_id, worker_id, why: str) -> Validation:
@@ -185,21 +186,19 @@ def verdict_apply(*, validation_id) -> Validation | None:
             job=job, round=2, challenge=validation.challenge,
             defaults={"reason": Validation.Reason.CONFIRMATION})
         return confirming if confirming.state == Validation.State.PENDING else None
-    first = Validation.objects.filter(job=job, round=1, challenge=validation.challenge).first()
+    first = Validation.objects.select_related("validator").filter(
+        job=job, round=1, challenge=validation.challenge).first()
     if validation.outcome == "mismatch" and first is not None and first.outcome == "mismatch":
-        _fault_proven(job, validation)
+        _fault_proven(job, first=first, confirming=validation)
     else:  # an inconclusive round: no proof either way, and nobody is slashed on a doubt
         _job_verdict(job, Job.Verification.UNDECIDED, validation.challenge, Challenge.State.UNDECIDED)
     return None
 
 
-def _fault_proven(job: Job, confirming: Validation) -> None:
+def _fault_proven(job: Job, *, first: Validation, confirming: Validation) -> None:
     """Two validators' runs disagree with the job's answer: slash (once per job), halve the
     worker's reputation (once, with the job's move to failed) and settle a challenge."""
-    first = Validation.objects.select_related("validator").filter(
-        job=job, round=1, challenge=confirming.challenge).first()
-    challenger = confirming.challenge.challenger if confirming.challenge else \
-        first.validator.operator if first and first.validator else None
+    challenger = confirming.challenge.challenger if confirming.challenge else first.validator.operator
     amount = min(settings.PEER_SLASH_AMOUNT, bond_slashable(worker_id=job.worker_id))
     slash = None
     if amount > 0:
