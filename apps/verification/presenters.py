@@ -8,6 +8,7 @@ from apps.marketplace.models import Job
 from apps.staking.models import Slash
 
 from .models import Challenge, Validation
+from .selectors import challenges_for_job, validations_for_job
 
 
 def _when(value) -> str | None:
@@ -54,7 +55,7 @@ def verification_record(job: Job) -> dict:
         return record
     record["challenge_window_closes_at"] = _when(
         job.finished_at + timedelta(seconds=settings.PEER_CHALLENGE_WINDOW_SECONDS))
-    record["validations"] = [validation_body(v) for v in Validation.objects.filter(job=job).order_by("created_at")]
-    record["challenges"] = [challenge_body(c) for c in Challenge.objects.filter(job=job).order_by("created_at")]
+    record["validations"] = [validation_body(v) for v in validations_for_job(job_id=job.id)]
+    record["challenges"] = [challenge_body(c) for c in challenges_for_job(job_id=job.id)]
     record["slash"] = slash_body(Slash.objects.filter(idempotency_key=f"slash:job:{job.id}").first())
     return record

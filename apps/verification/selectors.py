@@ -7,7 +7,7 @@ from apps.staking.codes import bond_code, unbonding_code
 from apps.credits.models import LedgerAccount
 from apps.workers.models import Worker
 
-from .models import Validation
+from .models import Challenge, Validation
 
 
 def validator_candidates(*, job: Job, exclude_operator_ids: set, exclude_worker_ids: set) -> list[tuple]:
@@ -38,3 +38,12 @@ def bond_slashable(*, worker_id) -> int:
 
 def validations_for_job(*, job_id) -> list[Validation]:
     return list(Validation.objects.filter(job_id=job_id).order_by("created_at"))
+
+
+def challenges_for_job(*, job_id) -> list[Challenge]:
+    return list(Challenge.objects.filter(job_id=job_id).order_by("created_at"))
+
+
+def challenge_of_user(*, challenge_id, user) -> Challenge | None:
+    """The challenge if `user` opened it: another user's is as good as missing."""
+    return Challenge.objects.filter(id=challenge_id, challenger=user).first()

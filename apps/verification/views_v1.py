@@ -11,6 +11,7 @@ from apps.marketplace.views_v1 import api_user, openai_errors
 from .challenges import ChallengeRefused, challenge_open
 from .models import Challenge
 from .presenters import challenge_body
+from .selectors import challenge_of_user
 
 
 @openai_errors
@@ -30,7 +31,7 @@ async def challenge_get(request, challenge_id):
     if request.method != "GET":
         raise ApiError(405, "Use GET.", code="method_not_allowed")
     user = await api_user(request)
-    challenge = await Challenge.objects.filter(id=challenge_id, challenger=user).afirst()
+    challenge = await database_sync_to_async(challenge_of_user)(challenge_id=challenge_id, user=user)
     if challenge is None:
         raise ApiError(404, f"No challenge {challenge_id} of yours on this node.", code="challenge_not_found")
     return JsonResponse(challenge_body(challenge))
