@@ -149,6 +149,14 @@ def open_sealed(private_key: x25519.X25519PrivateKey, envelope: dict, *, info: b
         ) from None
 
 
+def envelope_plaintext_size(envelope: object) -> int:
+    """How many bytes `envelope` opens to, checking only its form (fields, suite, base64,
+    lengths): what a relay that cannot open it may know. Raises as open_sealed does for a
+    malformed envelope."""
+    _, _, ciphertext = _parse_envelope(envelope)
+    return len(ciphertext) - TAG_SIZE
+
+
 def chunk_aad(seq: int) -> bytes:
     """The aad of a stream's chunk number `seq` (from 0): 8 bytes, big-endian."""
     # bool is an int; True as a sequence number would be a caller's mistake, not chunk 1.

@@ -293,6 +293,18 @@ PEER_VERIFY_SAMPLE_RATE_MAX = env_float("PEER_VERIFY_SAMPLE_RATE_MAX", 0.25)
 # One validator's re-execution may take this long; a job tries this many validators in all.
 PEER_VERIFY_TIMEOUT = env_float("PEER_VERIFY_TIMEOUT", 120.0)
 PEER_VERIFY_MAX_ATTEMPTS = env_int("PEER_VERIFY_MAX_ATTEMPTS", 3)
+# The confidential tier (docs/confidential.md, docs/attestation.md). A simulated enclave proves
+# nothing about hardware: refused unless this is set (`make run` sets it for its demo worker).
+PEER_ALLOW_SIMULATED_ENCLAVE = env_bool("PEER_ALLOW_SIMULATED_ENCLAVE", False)
+# A verdict on an enclave's evidence holds this long; the node challenges again at half of it.
+PEER_ATTESTATION_MAX_AGE = env_float("PEER_ATTESTATION_MAX_AGE", 600.0)
+# Allowed agent code measurements (comma-separated "sha256:<hex>"); empty: the measurement of
+# the agent code this node ships (worker.measurement.code_measurement).
+PEER_ATTESTATION_CODE_MEASUREMENTS = [m.strip() for m in env_str("PEER_ATTESTATION_CODE_MEASUREMENTS").split(",")
+                                      if m.strip()]
+# How long GET /v1/attestation with a client nonce waits for enclaves' fresh evidence.
+PEER_ATTESTATION_FETCH_TIMEOUT = env_float("PEER_ATTESTATION_FETCH_TIMEOUT", 5.0)
+
 # Open challenges: anyone may challenge a verified job this long after it completed, holding
 # this much of their credits (micro-USDC) as the challenge's bond.
 PEER_CHALLENGE_WINDOW_SECONDS = env_int("PEER_CHALLENGE_WINDOW_SECONDS", 24 * 3600)

@@ -29,9 +29,13 @@ from worker.backends import BackendError, Finish, ModelInfo, Request
 from worker.commitment import commitment_hash, commitment_inputs, commitment_sign, public_key_text
 from worker.hardware import hardware_info  # noqa: F401  (re-exported: the CLI builds agents from here)
 from worker.prompt import format_chat, job_prompt
+from worker.sealed_jobs import SealedJobs
 from worker.validation import can_validate, validation_result
 
 log = logging.getLogger("worker.agent")
+# Every frame on the node link, at DEBUG only (--log-level DEBUG): for an operator debugging the
+# protocol, and for the tests that check a confidential job's plaintext never reaches this process.
+wire_log = logging.getLogger("worker.wire")
 
 AGENT_PATH = "/ws/agent/"
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
@@ -85,6 +89,7 @@ class _Job:
     id: str
     cancel: threading.Event
     task: asyncio.Task[None]
+    sealed: bool = False  # a confidential job, run by the enclave process
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,16 @@ class _Served:
     model: ModelInfo
 
 
-class Agent:
+class Agent(SealedJobs):
     def __init__(self, config: AgentConfig, backends: list[Any], hardware: dict[str, Any],
-                 rng: random.Random | None = None) -> None:
-        """`backends`: Backend and EmbeddingBackend objects; each of their models is served."""
+                 rng: random.Random | None = None, enclave: Any = None) -> None:
+        """`backends`: Backend and EmbeddingBackend objects; each of their models is served.
+        `enclave`: a worker.enclave.host.EnclaveProcess whose models take sealed jobs, or None."""
         self.config = config
         self.backends = list(backends)
         self.served = [_Served(b, m) for b in self.backends for m in b.models]
-        if not self.served:
+        self.enclave = enclave
+        if not self.served and not (enclave is not None and enclave.models):
             raise ValueError("an agent must serve at least one model")
         self.hardware = hardware
         self.signing_key = config.signing_key or Ed25519PrivateKey.generate()
@@ -156,11 +163,13 @@ class Agent:
             raise FatalError(f"{FATAL_CLOSE_CODES[code]} (close code {code}{detail})", code)
 
     def _hello(self) -> dict[str, Any]:
+        enclave_models, attestation = self.enclave_announcement()
         frame = protocol.hello(token=self.config.token, agent_version=__version__,
                                models=[{**s.model.announce(), "validates": can_validate(s.backend)}
-                                       for s in self.served],
+                                       for s in self.served] + enclave_models,
                                backends=list(dict.fromkeys(b.name for b in self.backends)),
-                               hardware=self.hardware, signing_key=public_key_text(self.signing_key))
+                               hardware=self.hardware, signing_key=public_key_text(self.signing_key),
+                               attestation=attestation)
         # Not a required protocol field: a label for dashboards, defaulting to the host name.
         frame["name"] = self.config.name or socket.gethostname()
         return frame
@@ -188,6 +197,7 @@ class Agent:
         heartbeat = asyncio.create_task(self._heartbeat(ws))
         try:
             async for raw in ws:
+                wire_log.debug("node -> agent: %s", raw)
                 frame = _parse(raw)
                 if frame is not None:
                     await self._dispatch(ws, frame)
@@ -216,8 +226,12 @@ class Agent:
 
     async def _dispatch(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind == "job.assign":
+        if kind == "job.assign" and frame.get("sealed") is not None and isinstance(frame.get("job_id"), str):
+            await self._on_sealed_assign(ws, frame)
+        elif kind == "job.assign":
             await self._on_assign(ws, frame)
+        elif kind == "attest.request":
+            await self._on_attest(ws, frame)
         elif kind == "embed.assign":
             await self._on_embed(ws, frame)
         elif kind == "validate.assign":
@@ -292,6 +306,12 @@ class Agent:
             if self._job is not None and self._job.id == job_id:
                 self._job = None
 
+    async def _send_frame(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        await _send(ws, frame)
+
+    def _new_job(self, job_id: str, cancel: threading.Event, task: asyncio.Task[None], sealed: bool = False) -> None:
+        self._job = _Job(job_id, cancel, task, sealed)
+
     async def _refuse(self, ws: ClientConnection, job_id: str, refusal: tuple[str, str]) -> None:
         code, message = refusal
         log.warning("job %s refused: %s", job_id, message)
@@ -353,6 +373,8 @@ class Agent:
         if job is not None and job.id == frame.get("job_id"):
             log.info("job %s: cancel requested (%s)", job.id, frame.get("reason"))
             job.cancel.set()
+            if job.sealed:
+                self._cancel_sealed(job.id)
         else:
             log.debug("cancel for job %r, which is not running", frame.get("job_id"))
 
@@ -470,7 +492,9 @@ class Agent:
 
 
 async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
-    await ws.send(protocol.encode(frame))
+    text = protocol.encode(frame)
+    wire_log.debug("agent -> node: %s", text)
+    await ws.send(text)
 
 
 def _positive_number(value: Any, default: float) -> float:

@@ -29,6 +29,7 @@ from worker.keys import DEFAULT_KEY_FILE
 
 EXIT_REFUSED = 3  # token refused: a configuration problem, not a crash (2 is argparse usage)
 EMBEDDINGS_CHOICES = ("auto", "minilm", "none")
+ENCLAVE_CHOICES = ("none", "simulated")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 DESCRIPTION = """\
@@ -58,6 +59,7 @@ default; a list given at a higher level replaces the lower one's. Environment va
   PEER_MODEL_DIGESTS    comma-separated NAME=sha256:...    config key: model_digests (table)
   PEER_CONTEXT_LENGTH   context window of HTTP backends    config key: context_length
   PEER_EMBEDDINGS       auto, minilm or none               config key: embeddings
+  PEER_ENCLAVE          none or simulated                  config key: enclave
   PEER_THREADS          CPU threads for inference          config key: threads
   PEER_MODEL_PATH       GGUF model file for builtin        config key: model_path
   PEER_MODEL_DIR        where the builtin model is assembled when no model path is given
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve an embedding model: minilm (all-MiniLM-L6-v2 int8; exit 1 when its "
              "packages are missing), none, or auto = minilm when its packages are installed "
              "(env PEER_EMBEDDINGS; default auto)")
+    add("--enclave", choices=ENCLAVE_CHOICES,
+        help="serve the chat model from an enclave process for the confidential tier: it holds "
+             "the HPKE key, opens sealed requests, runs the model and seals the answer, and this "
+             "process relays ciphertext only. simulated = a SIMULATED enclave for development "
+             "(no hardware guarantee; nodes refuse it unless they allow simulated enclaves). "
+             "The chat model then takes confidential jobs only (env PEER_ENCLAVE; default none)")
     add("--model-path", metavar="PATH",
         help="GGUF file to serve with the builtin backend instead of the bundled model; its "
              "digest is computed from its bytes (env PEER_MODEL_PATH)")
@@ -181,6 +189,14 @@ class Settings:
     key_file: Path = DEFAULT_KEY_FILE
     cheat: str | None = None
     cheat_rate: float = 1.0
+    enclave: str = "none"
+
+    def enclave_settings(self) -> dict[str, Any]:
+        """What the enclave process needs to load the chat backend (worker/enclave/__main__.py)."""
+        return {"backend": self.backend, "backend_url": self.backend_url, "backend_api_key": self.backend_api_key,
+                "models": list(self.models), "model_digests": self.model_digests,
+                "context_length": self.context_length,
+                "model_path": str(self.model_path) if self.model_path else None, "threads": self.threads}
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(url=self.backend_url, api_key=self.backend_api_key,
@@ -264,6 +280,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "key_file": ("PEER_WORKER_KEY_FILE", lambda v: Path(_text(v)).expanduser()),
     "cheat": (None, _choice(CHEAT_MODES)),
     "cheat_rate": (None, _fraction),
+    "enclave": ("PEER_ENCLAVE", _choice(ENCLAVE_CHOICES)),
     "log_level": (None, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
 }
 
@@ -322,15 +339,16 @@ def print_model(model_path: Path | None) -> int:
     return 0
 
 
-def load_backends(settings: Settings) -> list[Any]:
-    """The chat backend and, per --embeddings, the embedding backend. Blocking (seconds)."""
+def load_backends(settings: Settings, *, chat: bool = True) -> list[Any]:
+    """The chat backend (unless `chat` is false: an enclave process serves it) and, per
+    --embeddings, the embedding backend. Blocking (seconds)."""
     from worker.backends import load_backend, load_embedding_backend
     from worker.backends import minilm
 
     log = logging.getLogger("worker")
     backends = [load_backend(settings.backend, model_path=settings.model_path,
-                             threads=settings.threads, options=settings.backend_options())]
-    if settings.cheat:
+                             threads=settings.threads, options=settings.backend_options())] if chat else []
+    if settings.cheat and backends:
         log.warning("ADVERSARIAL MODE: --cheat %s on %.0f%% of chat jobs", settings.cheat, settings.cheat_rate * 100)
         backends[0] = CheatingBackend(backends[0], mode=settings.cheat, rate=settings.cheat_rate)
     if settings.embeddings == "minilm":
@@ -346,18 +364,35 @@ def load_backends(settings: Settings) -> list[Any]:
 async def _serve(settings: Settings) -> None:
     from worker.agent import Agent, AgentConfig, hardware_info
 
-    # Loading takes a second; do it off the loop so signals are still handled meanwhile.
-    backends = await asyncio.to_thread(load_backends, settings)
-    from worker.keys import key_load_or_create
+    enclave = None
+    if settings.enclave == "simulated":
+        from worker.enclave.host import EnclaveProcess, EnclaveStartError
 
-    config = AgentConfig(server=settings.server, token=settings.token, name=settings.name,
-                         signing_key=key_load_or_create(settings.key_file))
-    agent = Agent(config, backends, hardware_info(settings.threads))
-    task = asyncio.current_task()
-    if task is not None:
-        # SIGTERM (systemd, docker stop) ends the agent the same way Ctrl-C does.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    await agent.run()
+        logging.getLogger("worker").warning(
+            "SIMULATED ENCLAVE: the chat model runs in a separate process that holds the HPKE key, "
+            "but no hardware protects it; nodes refuse it unless they allow simulated enclaves")
+        try:
+            wire_log = logging.getLogger("worker.wire")
+            enclave = await EnclaveProcess.start(settings.enclave_settings(), on_line=lambda line: wire_log.debug(
+                "enclave -> agent: %s", line.decode("utf-8", "replace").rstrip()))
+        except EnclaveStartError as exc:  # the model did not load there: a startup error (exit 1)
+            raise BackendUnavailable(f"the enclave process did not start: {exc}") from None
+    try:
+        # Loading takes a second; do it off the loop so signals are still handled meanwhile.
+        backends = await asyncio.to_thread(load_backends, settings, chat=enclave is None)
+        from worker.keys import key_load_or_create
+
+        config = AgentConfig(server=settings.server, token=settings.token, name=settings.name,
+                             signing_key=key_load_or_create(settings.key_file))
+        agent = Agent(config, backends, hardware_info(settings.threads), enclave=enclave)
+        task = asyncio.current_task()
+        if task is not None:
+            # SIGTERM (systemd, docker stop) ends the agent the same way Ctrl-C does.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await agent.run()
+    finally:
+        if enclave is not None:
+            await enclave.close()
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:

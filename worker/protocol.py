@@ -2,8 +2,12 @@
 
 Defined once here; the node's consumer imports it. Every frame is a JSON object with a
 "type". Agent -> node: hello, heartbeat, job.accepted, job.delta, job.done, job.error,
-embed.done, validate.done. Node -> agent: welcome, heartbeat, job.assign, embed.assign,
-validate.assign, job.cancel, error.
+embed.done, validate.done, attest.evidence, attest.error. Node -> agent: welcome, heartbeat,
+job.assign, embed.assign, validate.assign, job.cancel, attest.request, error.
+
+Confidential jobs (docs/confidential.md): job.assign carries `sealed` instead of messages,
+job.delta carries `sealed` (an HPKE envelope) instead of `text`, and job.done the enclave's
+signature over request and answer.
 
 A frame that is not valid JSON, not an object, of an unknown type, or missing a required
 field is a protocol error: the node answers with an `error` frame and closes the link.
@@ -37,17 +41,19 @@ _AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,), "token": (str,), "agent_version": (str,), "models": (list,)},
     "heartbeat": {},
     "job.accepted": {"job_id": (str,)},
-    "job.delta": {"job_id": (str,), "seq": (int,), "text": (str,)},
+    "job.delta": {"job_id": (str,), "seq": (int,)},  # and exactly one of text (str), sealed (dict)
     "job.done": {"job_id": (str,), "finish_reason": (str,), "model_digest": (str,)},
     "job.error": {"job_id": (str,), "code": (str,), "message": (str,)},
     "embed.done": {"job_id": (str,), "model_digest": (str,), "data": (list,)},
     "validate.done": {"job_id": (str,), "model_digest": (str,), "output": (str,), "finish_reason": (str,),
                       "token_logprobs": (list,)},
+    "attest.evidence": {"request_id": (str,), "evidence": (dict,)},
+    "attest.error": {"request_id": (str,), "code": (str,), "message": (str,)},
 }
 
 _MODEL_FIELDS: dict[str, tuple[type, ...]] = {"id": (str,), "digest": (str,), "backend": (str,)}
 # Fields a frame may carry, as strings when present: the signing key, the signed commitment.
-_OPTIONAL_TEXT = {"hello": ("signing_key",), "job.done": ("commitment", "signature")}
+_OPTIONAL_TEXT = {"hello": ("signing_key",), "job.done": ("commitment", "signature", "enclave_signature")}
 
 
 def _is_public_key(text: str) -> bool:
@@ -94,6 +100,8 @@ def decode_agent_frame(text: str | bytes | None) -> dict[str, Any]:
             _require(model, _MODEL_FIELDS, "hello.models[]")
             if model.get("kind", "chat") not in MODEL_KINDS:
                 raise ProtocolError(f"hello.models[]: kind must be one of {MODEL_KINDS}")
+    if kind == "job.delta" and isinstance(frame.get("text"), str) == isinstance(frame.get("sealed"), dict):
+        raise ProtocolError("job.delta: exactly one of text (a string) or sealed (an envelope)")
     if kind == "job.done" and frame["finish_reason"] not in FINISH_REASONS:
         raise ProtocolError(f"job.done: finish_reason must be one of {FINISH_REASONS}")
     for name in _OPTIONAL_TEXT.get(kind, ()):
@@ -143,12 +151,24 @@ def welcome(*, worker_id: str, heartbeat_interval: float) -> dict[str, Any]:
 
 
 def job_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, Any],
-               messages: list[dict] | None = None, prompt: str | None = None) -> dict[str, Any]:
+               messages: list[dict] | None = None, prompt: str | None = None,
+               sealed: dict | None = None) -> dict[str, Any]:
     """A chat job carries `messages` (the agent formats them, see worker/prompt.py); a raw
     completion job carries `prompt`, run as given. params: max_tokens, temperature, top_p,
-    seed, stop (list of strings)."""
-    return {"type": "job.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
-            "messages": messages, "prompt": prompt, "params": params}
+    seed, stop (list of strings). A confidential job carries neither: `sealed` holds the request
+    sealed to the enclave ({"enclave_key", "reply_key", "request"}), which only it opens."""
+    frame = {"type": "job.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
+             "messages": messages, "prompt": prompt, "params": params}
+    if sealed is not None:
+        frame["sealed"] = sealed
+    return frame
+
+
+def attest_request(*, request_id: str, nonce: str, model_digest: str) -> dict[str, Any]:
+    """Ask the agent's enclave for evidence over `nonce` (base64, 32 bytes) for one model;
+    answered with attest.evidence or attest.error carrying the same request_id."""
+    return {"type": "attest.request", "request_id": request_id, "nonce": nonce,
+            "model_digest": model_digest}
 
 
 def validate_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, Any], output: str,

@@ -18,6 +18,8 @@ DEMO_USER = "demo"
 DEMO_OPERATOR = "demo-operator"
 DEMO_CREDITS = 10_000  # $100 of credits
 EMBEDDING_NAME = "all-minilm-l6-v2"
+# The one worker `make run` starts with a SIMULATED enclave, for the confidential tier.
+ENCLAVE_WORKER = "demo-enclave-1"
 DEMO_NAMES = {
     "peer-mixtral": "Demo name from the concept paper; served by the built-in Gemma 3 270M, not Mixtral.",
     "gemma-3-270m": "Gemma 3 270M (Q4_K_M GGUF), the built-in model of the bundled agent.",
@@ -28,6 +30,7 @@ DEMO_NAMES = {
 class DemoFleet:
     api_key: str
     worker_tokens: list[tuple[str, str]]  # (worker name, one-time token)
+    enclave_token: tuple[str, str] | None  # the simulated-enclave worker's (name, token)
     model_id: str
     model_digest: str
     embedding_model: str | None = None  # the public name, when the MiniLM packages are installed
@@ -76,16 +79,22 @@ def demo_seed(*, agents: int) -> DemoFleet:
     tokens = []
     for index in range(agents):
         name = f"demo-cpu-{index + 1}"
-        with transaction.atomic():
-            worker = Worker.objects.filter(operator=operator, name=name).first()
-            if worker is None:
-                worker, token = worker_register(operator=operator, name=name, tiers=["open", "verified"])
-            else:
-                token = worker_token_rotate(worker_id=worker.id)
+        worker, token = _demo_worker(operator, name, tiers=["open", "verified"])
         _bond_up(worker)
         tokens.append((name, token))
+    _, enclave_token = _demo_worker(operator, ENCLAVE_WORKER, tiers=["confidential"])
     return DemoFleet(api_key=raw_key, worker_tokens=tokens, model_id=model_id, model_digest=digest,
-                     embedding_model=embeddings[0] if embeddings else None)
+                     embedding_model=embeddings[0] if embeddings else None,
+                     enclave_token=(ENCLAVE_WORKER, enclave_token))
+
+
+def _demo_worker(operator, name: str, *, tiers: list[str]) -> tuple[Worker, str]:
+    """The operator's worker called `name` (registered the first time) with a new token."""
+    with transaction.atomic():
+        worker = Worker.objects.filter(operator=operator, name=name).first()
+        if worker is None:
+            return worker_register(operator=operator, name=name, tiers=tiers)
+        return worker, worker_token_rotate(worker_id=worker.id)
 
 
 

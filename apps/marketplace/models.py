@@ -48,6 +48,9 @@ class Job(models.Model):
     messages = models.JSONField(default=list, blank=True, help_text="chat jobs")
     raw_prompt = models.TextField(null=True, blank=True, help_text="completion jobs: run as given")
     inputs = models.JSONField(default=list, blank=True, help_text="embedding jobs: the texts, in order")
+    # Confidential jobs: the request sealed to the enclave (enclave_key, reply_key, request); the
+    # node never holds its plaintext, so `messages` stays empty (docs/confidential.md).
+    sealed = models.JSONField(null=True, blank=True)
     params = models.JSONField(help_text="max_tokens, temperature, top_p, seed, stop")
     seed = models.BigIntegerField()
     prompt_sha256 = models.CharField(max_length=64)

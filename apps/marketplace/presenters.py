@@ -11,6 +11,8 @@ from .vectors import float32_base64
 
 def peer_object(job: Job) -> dict:
     commitment = job.commitment or {}
+    if commitment.get("kind") == "enclave":
+        return {**_peer_common(job), "usage_source": commitment.get("usage_source"), **enclave_proof(commitment)}
     return {
         "job_id": str(job.id),
         "worker_id": str(job.worker_id) if job.worker_id else None,
@@ -27,12 +29,29 @@ def peer_object(job: Job) -> dict:
     }
 
 
+def _peer_common(job: Job) -> dict:
+    return {"job_id": str(job.id), "worker_id": str(job.worker_id) if job.worker_id else None, "tier": job.tier,
+            "served_model": job.served_model, "price_credits": micro_to_credits_ceil(job.charged_amount or 0),
+            "price_micro_usdc": job.charged_amount, "held_micro_usdc": job.hold_amount}
+
+
+def enclave_proof(commitment: dict) -> dict:
+    """A confidential job's proof (docs/confidential.md §3): the enclave's signature over request
+    and answer, and the attestation verdict the job was routed on."""
+    return {"commitment": None, "enclave_signature": commitment.get("enclave_signature"),
+            "attestation": commitment.get("attestation")}
+
+
 def proof_body(job: Job, verification: dict) -> dict:
     """GET /v1/jobs/{id}/proof: what a client needs to check the answer offline (python -m
     worker.commitment): the commitment and its inputs (the prompt and output only as hashes),
     the worker's signature and public key, and where verification stands (`verification`, from
     apps.verification.presenters.verification_record)."""
     commitment = job.commitment or {}
+    if commitment.get("kind") == "enclave":
+        return {"object": "peer.proof", "job_id": str(job.id), "tier": job.tier, "status": job.status,
+                "served_model": job.served_model, "worker_id": str(job.worker_id) if job.worker_id else None,
+                **enclave_proof(commitment), "verification": verification}
     return {
         "object": "peer.proof",
         "job_id": str(job.id),
@@ -75,8 +94,13 @@ def _choice(job: Job, *, text: str | None, finish: str | None, chunk: bool) -> d
             "finish_reason": finish}
 
 
-def completion_body(job: Job) -> dict:
-    """The non-streamed answer: a chat.completion or a text_completion, with usage and `peer`."""
+def completion_body(job: Job, sealed: list[dict] | None = None) -> dict:
+    """The non-streamed answer: a chat.completion or a text_completion, with usage and `peer`.
+    A confidential answer's content is null: its pieces are in peer.sealed, in order."""
+    if job.sealed is not None:
+        return {**_envelope(job, chunk=False),
+                "choices": [_choice(job, text=None, finish=finish_reason(job), chunk=False)],
+                "usage": usage(job), "peer": {**peer_object(job), "sealed": sealed or []}}
     return {**_envelope(job, chunk=False),
             "choices": [_choice(job, text=job.output_text, finish=finish_reason(job), chunk=False)],
             "usage": usage(job), "peer": peer_object(job)}
@@ -98,6 +122,12 @@ def opening_chunk(job: Job) -> bytes | None:
 
 def text_chunk(job: Job, text: str) -> bytes:
     return sse({**_envelope(job, chunk=True), "choices": [_choice(job, text=text, finish=None, chunk=True)]})
+
+
+def sealed_chunk(job: Job, seq: int, envelope: dict) -> bytes:
+    """One piece of a confidential answer, sealed by the enclave to the client's reply key."""
+    return sse({**_envelope(job, chunk=True), "choices": [_choice(job, text=None, finish=None, chunk=True)],
+                "peer": {"seq": seq, "sealed": envelope}})
 
 
 def closing_chunk(job: Job) -> bytes:

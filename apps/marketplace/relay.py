@@ -16,14 +16,15 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.workers.models import CatalogueModel
+from apps.workers.models import CatalogueModel, Worker
 from apps.workers.metrics import worker_completion_record, worker_outcome_record
 from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
-from apps.workers.selectors import worker_job_state
+from apps.workers.selectors import model_attested, worker_for_enclave, worker_job_state
 from apps.workers.services import worker_claim_best, worker_release, workers_release_job
 from worker import protocol
 
+from .confidential import attestation_snapshot, sealed_job_complete
 from .models import Job
 from .services import CommitmentRejected, job_complete, job_fail, job_start
 
@@ -86,6 +87,8 @@ class JobRelay(JobMailbox):
         self.worker_id = None
         self.tried: set = set()
         self.text_parts: list[str] = []
+        self.sealed_parts: list[dict] = []  # a confidential job's answer, as the enclave sealed it
+        self.pinned: set[str] | None = None  # a confidential job goes to its enclave's worker only
         self.settled = False
         self.last_worker_error = ""  # why the last worker tried failed, for the client's error
         self._receiving: asyncio.Future | None = None
@@ -98,21 +101,45 @@ class JobRelay(JobMailbox):
             await self.layer.group_add(job_group(self.job.id), self.channel)
         except LAYER_ERRORS as exc:
             await self._link_lost(exc)
+        if self.job.sealed is not None:
+            await self._pin_enclave()
         await self._route(deadline=time.monotonic() + settings.PEER_QUEUE_TIMEOUT)
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """Yield text as the worker produces it; on completion self.job is the settled job."""
+    @property
+    def relayed(self) -> int:
+        """Pieces of the answer relayed so far, sealed or not."""
+        return len(self.text_parts) + len(self.sealed_parts)
+
+    async def _pin_enclave(self) -> None:
+        """The request is sealed to one enclave's key: only its worker can open it."""
+        worker = await database_sync_to_async(worker_for_enclave)(enclave_key=self.job.sealed["enclave_key"])
+        if worker is None:
+            await self._enclave_unavailable("No attested enclave on this network holds the key the request "
+                                            "was sealed to (it restarted or went offline).")
+        self.pinned = {str(worker.id)}
+
+    async def _enclave_unavailable(self, why: str):
+        await self._fail(503, "enclave_unavailable", f"{why} Re-attest (GET /v1/attestation) and seal the "
+                         "request to another enclave; your credits were not charged.")
+
+    async def deltas(self) -> AsyncIterator[str | dict]:
+        """Yield text as the worker produces it (for a confidential job, each piece's envelope);
+        on completion self.job is the settled job."""
         deadline = time.monotonic() + settings.PEER_JOB_TIMEOUT
         while True:
             frame = await self._next_frame(deadline)
             kind = frame["type"]
             if kind == "job.delta":
-                if frame["seq"] != len(self.text_parts):  # a frame went missing: never relay a gap
-                    await self._link_lost(f"delta {frame['seq']} arrived when {len(self.text_parts)} was due")
+                if frame["seq"] != self.relayed:  # a frame went missing: never relay a gap
+                    await self._link_lost(f"delta {frame['seq']} arrived when {self.relayed} was due")
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
-                self.text_parts.append(frame["text"])
-                yield frame["text"]
+                if (self.job.sealed is not None) != ("sealed" in frame):
+                    await self._fail(502, "worker_failed", "The worker answered a sealed request in the clear, "
+                                     "or the other way round; the whole price was refunded.")
+                piece = frame.get("sealed") or frame.get("text")
+                (self.sealed_parts if "sealed" in frame else self.text_parts).append(piece)
+                yield piece
             elif kind == "job.done":
                 try:
                     await database_sync_to_async(self._complete)(frame)
@@ -128,7 +155,11 @@ class JobRelay(JobMailbox):
             return
         if self.worker_id is not None:
             await self._send_to_worker(protocol.job_cancel(job_id=str(self.job.id), reason=reason))
-        if self.text_parts:
+        if self.sealed_parts:
+            self.job = await database_sync_to_async(sealed_job_complete)(
+                job_id=self.job.id, finish_reason="cancelled", model_digest=self.job.model_digest, usage=None,
+                pieces=len(self.sealed_parts), enclave_signature=None, attestation=None)
+        elif self.text_parts:
             self.job = await database_sync_to_async(job_complete)(
                 job_id=self.job.id, output_text="".join(self.text_parts), finish_reason="cancelled",
                 model_digest=self.job.model_digest, entry=self.entry)
@@ -159,6 +190,9 @@ class JobRelay(JobMailbox):
                 await self._fail(503, "no_workers", f"No worker on this node serves the {self.job.tier} tier.")
             tier_checked = True
             if time.monotonic() >= deadline:
+                if self.pinned is not None:
+                    await self._enclave_unavailable(f"The enclave the request was sealed to stayed busy for "
+                                                    f"{settings.PEER_QUEUE_TIMEOUT:.0f}s.")
                 failed = f" after the worker it ran on failed ({self.last_worker_error})" \
                     if self.last_worker_error else ""
                 await self._fail(503, "no_worker_available",
@@ -178,8 +212,8 @@ class JobRelay(JobMailbox):
             self.assigned_at = time.monotonic()
             await self._send_to_worker(protocol.job_assign(
                 job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
-                messages=self.job.messages if self.job.is_chat else None, prompt=self.job.raw_prompt,
-                params=self.job.params))
+                messages=self.job.messages if self.job.is_chat and self.job.sealed is None else None,
+                prompt=self.job.raw_prompt, params=self.job.params, sealed=self.job.sealed))
             try:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:
@@ -198,7 +232,8 @@ class JobRelay(JobMailbox):
         its channel, model), or None when none is free. One database call for ranking (from the
         cached roster), the claim (one statement) and the start."""
         claimed = worker_claim_best(entry=self.entry, tier=self.job.tier, route=self.route,
-                                    price_ceiling=self.job.price_ceiling, job_id=self.job.id, exclude=self.tried)
+                                    price_ceiling=self.job.price_ceiling, job_id=self.job.id, exclude=self.tried,
+                                    only=self.pinned)
         if claimed is None:
             return None
         worker_id, channel, model, price = claimed
@@ -255,6 +290,14 @@ class JobRelay(JobMailbox):
 
     def _complete(self, done: dict) -> None:
         """Settle the job and record the worker's speed and success, in one database call."""
+        if self.job.sealed is not None:
+            self.job = sealed_job_complete(
+                job_id=self.job.id, finish_reason=done["finish_reason"], model_digest=done["model_digest"],
+                usage=done.get("usage"), pieces=len(self.sealed_parts), enclave_signature=done.get("enclave_signature"),
+                attestation=attestation_snapshot(self._verdict(done["model_digest"])))
+            self.settled = True
+            self._record_success()
+            return
         self.job = job_complete(job_id=self.job.id, output_text="".join(self.text_parts),
                                 finish_reason=done["finish_reason"], model_digest=done["model_digest"], entry=self.entry,
                                 signature=done.get("signature"), claimed_commitment=done.get("commitment"))
@@ -269,6 +312,11 @@ class JobRelay(JobMailbox):
         self.worker_id = None  # it already finished: nothing to cancel
         await self._fail(502, "commitment_rejected", f"The worker's signed commitment did not match the answer "
                          f"({rejected}); the whole price was refunded.")
+
+    def _verdict(self, model_digest: str) -> dict | None:
+        """The worker's current verdict for the model: what the proof shows routing relied on."""
+        worker = Worker.objects.only("attestation").filter(id=self.worker_id).first()
+        return model_attested(worker, model_digest) if worker else None
 
     def _record_success(self) -> None:
         done = time.monotonic()
@@ -286,7 +334,10 @@ class JobRelay(JobMailbox):
             # The silent-worker reaper (apps/workers/tasks.py) already refunded the job: nothing
             # is left to fail over with, so the client hears it now rather than at a timeout.
             await self._fail(504, "worker_lost", "The worker stopped answering; the whole price was refunded.")
-        if not self.text_parts:
+        if not self.relayed and self.pinned is not None:
+            # Only this enclave can open the request: the client re-attests and re-seals.
+            await self._enclave_unavailable(f"The enclave failed before its first token ({frame.get('code')}).")
+        if not self.relayed:
             # Nothing reached the client yet: move the job to the next worker transparently.
             logger.info("job %s failing over after %s", self.job.id, frame.get("code"))
             await self._route(deadline=time.monotonic() + settings.PEER_QUEUE_TIMEOUT)

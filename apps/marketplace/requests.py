@@ -5,6 +5,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from apps.workers.routing import RoutePreferences, parse_route
+from client.sealing import SealingError, envelope_plaintext_size, public_key_raw
 from worker.prompt import job_prompt
 
 from .errors import ApiError
@@ -31,9 +32,16 @@ class ChatRequest:
     prompt: str | None = None  # set for /v1/completions, which runs a raw prompt
     route: RoutePreferences = field(default_factory=RoutePreferences)
     public_proof: bool = False  # peer_public_proof: anyone with the job id may read its proof
+    # Confidential: {"enclave_key", "reply_key", "request"} (docs/confidential.md), and how many
+    # bytes the sealed request opens to (its tokens are at most that many).
+    sealed: dict | None = None
+    sealed_size: int = 0
 
     def prompt_text(self) -> str:
-        """What the worker runs: the raw prompt, or the messages in the chat format."""
+        """What the worker runs: the raw prompt, or the messages in the chat format ("" for a
+        sealed request: the node never sees it)."""
+        if self.sealed is not None:
+            return ""
         return job_prompt(messages=self.messages, prompt=self.prompt)[0]
 
     def params(self) -> dict:
@@ -96,6 +104,47 @@ def parse_completion_request(raw_body: bytes, *, default_tier: str, default_max_
     if body.get("echo") or body.get("best_of") not in (None, 1) or body.get("suffix"):
         raise _bad("'echo', 'best_of' and 'suffix' are not supported.", "echo")
     return ChatRequest(messages=[], prompt=prompt, **common)
+
+
+# Content a confidential request must seal rather than send (docs/confidential.md §2).
+PLAINTEXT_FIELDS = ("messages", "prompt", "stop", "tools", "tool_choice", "functions", "response_format")
+
+
+def requested_tier(raw_body: bytes, *, default_tier: str) -> str | None:
+    """The body's peer_tier (or the default) when the body is a JSON object; None otherwise (the
+    parser then says what is wrong)."""
+    try:
+        body = json.loads(raw_body or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body.get("peer_tier", default_tier) if isinstance(body, dict) else None
+
+
+def parse_sealed_chat_request(raw_body: bytes, *, default_max_tokens: int, max_tokens_limit: int) -> ChatRequest:
+    """A confidential chat request: the clear fields routing and billing need, and `peer_sealed`
+    (the request sealed to an attested enclave, which the node cannot open)."""
+    body = _json_object(raw_body)
+    present = [name for name in PLAINTEXT_FIELDS if name in body]
+    if present:
+        raise _bad(f"A confidential request seals its content: {', '.join(present)} must be inside "
+                   "peer_sealed.request, not in the clear (docs/confidential.md; the client proxy "
+                   "`python -m client proxy` does it for any OpenAI client).", present[0],
+                   "plaintext_in_confidential_request")
+    common = _common(body, "confidential", default_max_tokens, max_tokens_limit)
+    sealed = body.get("peer_sealed")
+    if not isinstance(sealed, dict) or set(sealed) != {"enclave_key", "reply_key", "request"}:
+        raise _bad("'peer_sealed' must be an object with exactly enclave_key, reply_key and request.",
+                   "peer_sealed", "missing_required_parameter" if sealed is None else "invalid_value")
+    for name in ("enclave_key", "reply_key"):
+        try:
+            public_key_raw(sealed[name])
+        except SealingError as exc:
+            raise _bad(f"peer_sealed.{name}: {exc}", f"peer_sealed.{name}") from None
+    try:
+        size = envelope_plaintext_size(sealed["request"])
+    except SealingError as exc:
+        raise _bad(f"peer_sealed.request is not an HPKE envelope: {exc}", "peer_sealed.request") from None
+    return ChatRequest(messages=[], sealed=dict(sealed), sealed_size=size, **common)
 
 
 def _json_object(raw_body: bytes) -> dict:

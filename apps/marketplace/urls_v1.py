@@ -1,5 +1,6 @@
 from django.urls import path
 
+from apps.verification import views_attestation
 from apps.verification import views_v1 as verification_v1
 
 from . import views_v1
@@ -12,4 +13,5 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/proof", views_v1.job_proof, name="v1-job-proof"),
     path("jobs/<uuid:job_id>/challenge", verification_v1.job_challenge, name="v1-job-challenge"),
     path("challenges/<uuid:challenge_id>", verification_v1.challenge_get, name="v1-challenge"),
+    path("attestation", views_attestation.attestation, name="v1-attestation"),
 ]

@@ -21,7 +21,10 @@ from .admission import Slot, job_admit
 from .embeddings import EmbedRelay
 from .errors import ApiError
 from .relay import JobFailed, JobRelay
-from .requests import parse_chat_request, parse_completion_request, parse_embedding_request
+from .confidential import sealed_job_create
+from .requests import (
+    parse_chat_request, parse_completion_request, parse_embedding_request, parse_sealed_chat_request, requested_tier,
+)
 from .selectors import catalogue_get, job_get, jobs_waiting_count, models_listing
 from .services import InsufficientCredits, embed_job_create, job_create
 
@@ -93,8 +96,15 @@ async def _run_job(request, parse):
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
     user = await api_user(request)
-    chat = parse(_body(request), default_tier=settings.PEER_DEFAULT_TIER,
-                 default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
+    raw = _body(request)
+    limits = dict(default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
+    if requested_tier(raw, default_tier=settings.PEER_DEFAULT_TIER) == "confidential":
+        if parse is not parse_chat_request:
+            raise ApiError(400, "/v1/completions has no confidential form: send a chat request through the "
+                           "client proxy (python -m client proxy).", param="peer_tier", code="unsupported_tier")
+        chat = parse_sealed_chat_request(raw, **limits)
+    else:
+        chat = parse(raw, default_tier=settings.PEER_DEFAULT_TIER, **limits)
     entry = await _catalogue_entry(chat.model, tier=chat.tier)
     if entry.kind != "chat":
         raise ApiError(400, f"{entry.name} is an embedding model: use POST /v1/embeddings.", param="model",
@@ -111,7 +121,8 @@ async def _run_job(request, parse):
 
 
 async def _relay_job(request, *, user, chat, entry, slot):
-    job, settlement = await _create_paid_job(request, create=job_create, user=user, chat=chat, entry=entry)
+    create = sealed_job_create if chat.sealed is not None else job_create
+    job, settlement = await _create_paid_job(request, create=create, user=user, chat=chat, entry=entry)
     relay = JobRelay(job=job, entry=entry, route=chat.route)
     try:
         await relay.start()
@@ -140,7 +151,7 @@ async def _relay_job(request, *, user, chat, entry, slot):
         if not relay.settled:  # the client went away while we waited
             await relay.abort("client closed the connection")
         await relay.close()
-    return _with_settlement(JsonResponse(presenters.completion_body(relay.job)), settlement)
+    return _with_settlement(JsonResponse(presenters.completion_body(relay.job, sealed=relay.sealed_parts)), settlement)
 
 
 @openai_errors
@@ -150,6 +161,9 @@ async def embeddings(request):
         raise ApiError(405, "Use POST.", code="method_not_allowed")
     user = await api_user(request)
     embedding = parse_embedding_request(_body(request), default_tier=settings.PEER_DEFAULT_TIER)
+    if embedding.tier == "confidential":
+        raise ApiError(400, "Embeddings have no confidential form yet: use the open or verified tier.",
+                       param="peer_tier", code="unsupported_tier")
     entry = await _catalogue_entry(embedding.model, tier=embedding.tier)
     slot = await job_admit()
     try:
@@ -233,8 +247,11 @@ async def _stream(relay: JobRelay, *, include_usage: bool, slot: Slot):
     try:
         if opening := presenters.opening_chunk(relay.job):
             yield opening
-        async for text in relay.deltas():
-            yield presenters.text_chunk(relay.job, text)
+        async for piece in relay.deltas():
+            if isinstance(piece, dict):  # a confidential answer's piece, sealed to the client
+                yield presenters.sealed_chunk(relay.job, len(relay.sealed_parts) - 1, piece)
+            else:
+                yield presenters.text_chunk(relay.job, piece)
         yield presenters.closing_chunk(relay.job)
         if include_usage:
             yield presenters.usage_chunk(relay.job)

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from worker import protocol
 
+from .attest_link import AttestingLink
 from .services import WorkerAuthError, worker_connect, worker_disconnect, worker_release, worker_seen
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ _CLOSE_CODES = {"bad_token": protocol.CLOSE_BAD_TOKEN, "revoked": protocol.CLOSE
 _LAYER_ERRORS = (OSError, RedisError, ChannelFull)
 
 
-class AgentConsumer(AsyncJsonWebsocketConsumer):
+class AgentConsumer(AttestingLink, AsyncJsonWebsocketConsumer):
     """Forwards the worker's job frames to the relay that assigned the job (straight to its
     channel; to the group `job.<uuid>` when its channel is not known); sends node frames to the
     agent.
@@ -63,6 +64,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self):
         self.jobs: dict[str, str] = {}  # job id -> the channel of the relay that assigned it
+        self.challenges, self.confidential_digests = {}, []  # AttestingLink's, before any hello
         await self.accept()
         self.hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._hello_overdue)
 
@@ -82,6 +84,9 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         elif frame["type"] == "heartbeat":
             await database_sync_to_async(worker_seen)(worker_id=self.worker_id)
             await self.send_json({"type": "heartbeat"})
+            await self.attest_refresh_if_due()
+        elif frame["type"] in ("attest.evidence", "attest.error"):
+            await self.attest_frame(frame)
         elif frame["type"] == "hello":
             await self._drop("protocol_error", "hello was already received on this link")
         else:
@@ -114,6 +119,8 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
                     [m["id"] for m in frame["models"]])
         await self.send_json(protocol.welcome(worker_id=str(worker.id),
                                               heartbeat_interval=settings.PEER_HEARTBEAT_INTERVAL))
+        self.attest_setup(frame)
+        await self.attest_challenge()
 
     async def _job_frame(self, frame: dict):
         job_id = frame["job_id"]

@@ -42,6 +42,13 @@ class Worker(models.Model):
     # The agent's Ed25519 public key (raw, base64) from its latest hello: it signs every job's
     # commitment (worker/commitment.py). Required for the verified tier.
     signing_key = models.CharField(max_length=64, blank=True)
+    # The confidential tier (apps/verification/attestation.py): the enclave's HPKE key and what
+    # the node last verified of its evidence; routed to only while attested_until is ahead.
+    enclave_key = models.CharField(max_length=64, blank=True, db_index=True)
+    attestation = models.JSONField(default=dict, blank=True, help_text=(
+        "The node's last verdict on the enclave's evidence: kind, keys, code measurement, nonce, "
+        "problems, and the evidence per model digest."))
+    attested_until = models.DateTimeField(null=True, blank=True)
     offers = models.JSONField(default=dict, blank=True, help_text=(
         'The operator\'s asking prices: {"<public model name>": {"price_per_token": <micro-USDC>}}; '
         "a model not listed is served at the node's default price."))

@@ -1,4 +1,5 @@
 import shlex
+from datetime import datetime
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,7 +20,7 @@ def catalogue_list():
 
 # What the roster reads (status and the link's channel are read by the claim itself).
 ROUTING_FIELDS = ("id", "name", "tiers", "models_served", "offers", "reputation", "reputation_updated_at", "signing_key",
-                  "last_job_at", "created_at")
+                  "attestation", "enclave_key", "last_job_at", "created_at")
 
 
 def workers_eligible(*, entry: CatalogueModel, tier: str,
@@ -30,18 +31,22 @@ def workers_eligible(*, entry: CatalogueModel, tier: str,
     found = []
     queryset = Worker.objects.filter(status__in=statuses, revoked_at__isnull=True).order_by(
         "last_job_at", "created_at").only(*ROUTING_FIELDS)
+    now = timezone.now()
     for worker in queryset:
         if tier not in worker.tiers:
             continue
-        model = next((m for m in worker.models_served if entry.is_served_by(m)), None)
-        if model is not None:
+        # A model the agent serves from its enclave takes sealed jobs only, and only while the
+        # node holds a current verdict on the enclave's evidence for it (confidential tier);
+        # any other model never gets a confidential job.
+        model = next((m for m in worker.models_served if entry.is_served_by(m)
+                      and bool(m.get("confidential")) == (tier == "confidential")), None)
+        if model is not None and (tier != "confidential" or model_attested(worker, model["digest"], now)):
             found.append((worker, model))
     if tier == "verified":
         # Verified answers carry the worker's signed commitment: an agent without a key cannot.
         found = [(worker, model) for worker, model in found if worker.signing_key]
     if tier == "verified" and found:
         # A proven fault halves reputation: below the floor a worker is off the verified tier.
-        now = timezone.now()
         found = [(worker, model) for worker, model in found if decayed(
             worker.reputation, worker.reputation_updated_at, now) >= settings.PEER_VERIFIED_REPUTATION_FLOOR]
     if tier == "verified" and found:
@@ -51,6 +56,24 @@ def workers_eligible(*, entry: CatalogueModel, tier: str,
         bonded = workers_with_sufficient_bond(worker_ids=[worker.id for worker, _ in found])
         found = [(worker, model) for worker, model in found if worker.id in bonded]
     return found
+
+
+def model_attested(worker: Worker, model_digest: str, now=None) -> dict | None:
+    """The worker's current ok attestation verdict for `model_digest` (recorded by
+    apps/verification/attestation.py), or None: none, refused or expired."""
+    record = ((worker.attestation or {}).get("models") or {}).get(model_digest)
+    if not record or not record.get("ok") or not record.get("expires_at"):
+        return None
+    expires = datetime.fromisoformat(record["expires_at"])
+    return record if expires > (now or timezone.now()) else None
+
+
+def worker_for_enclave(*, enclave_key: str) -> Worker | None:
+    """The connected worker whose attested enclave holds `enclave_key`, if any."""
+    if not enclave_key:
+        return None
+    return Worker.objects.filter(enclave_key=enclave_key, revoked_at__isnull=True) \
+        .exclude(status=Worker.Status.OFFLINE).first()
 
 
 def worker_job_state(*, worker_id, job_id, silence_seconds: float) -> str:

@@ -73,6 +73,8 @@ def worker_connect(*, raw_token: str, hello: dict, channel_name: str) -> tuple[W
             status=Worker.Status.IDLE, channel_name=channel_name, current_job_id=None,
             models_served=hello["models"], hardware=hello.get("hardware") or {},
             signing_key=hello.get("signing_key") or "",
+            # A new link may front a new enclave: confidential routing waits for fresh evidence.
+            attestation={}, enclave_key="", attested_until=None,
             agent_version=hello["agent_version"][:40], connected_at=now, last_seen_at=now)
     roster_changed()  # this process routes to it at once; its models may have changed
     worker.refresh_from_db()
@@ -144,12 +146,14 @@ def worker_claim_first(*, ranked: list[tuple], job_id) -> tuple | None:
 
 
 def worker_claim_best(*, entry: CatalogueModel, tier: str, route, price_ceiling: int, job_id,
-                      exclude: set) -> tuple | None:
+                      exclude: set, only: set | None = None) -> tuple | None:
     """Claim for `job_id` the best idle eligible worker (the roster's order and the client's
-    route preferences, priced within `price_ceiling`) whose id is not in `exclude`: (worker id,
-    its channel, the model entry it serves the job with, its price per token), or None."""
+    route preferences, priced within `price_ceiling`) whose id is not in `exclude` (and is in
+    `only`, when given: a sealed request's enclave): (worker id, its channel, the model entry it
+    serves the job with, its price per token), or None."""
     ranked = [(worker_id, model, price) for worker_id, model, price in workers_ranked(
-        entry=entry, tier=tier, route=route, price_ceiling=price_ceiling) if worker_id not in exclude]
+        entry=entry, tier=tier, route=route, price_ceiling=price_ceiling)
+        if worker_id not in exclude and (only is None or worker_id in only)]
     claimed = worker_claim_first(ranked=[(worker_id, model) for worker_id, model, _ in ranked], job_id=job_id)
     if claimed is None:
         return None

@@ -11,7 +11,8 @@ then no verdict is ok. Every verdict says `simulated=True`, so a proof shown to 
 Evidence, a JSON object (base64 is RFC 4648's standard alphabet with padding, canonical only):
 
     {"kind": "simulated", "version": 1,
-     "enclave_public_key": b64 (32-byte X25519), "model_digest": "sha256:<64 hex>",
+     "enclave_public_key": b64 (32-byte X25519), "signing_key": b64 (32-byte raw Ed25519,
+     the key that signs answers, client.proof), "model_digest": "sha256:<64 hex>",
      "code_measurement": str, "nonce": b64 (32 bytes), "report_data": b64 (64 bytes),
      "platform_key": b64 (32-byte raw Ed25519 public key), "signature": b64 (64 bytes)}
 
@@ -39,10 +40,10 @@ KIND = "simulated"
 VERSION = 1
 SIGNATURE_LABEL = b"peercycles/simulated-evidence/v1\n"
 REFUSED_PROBLEM = "simulated enclave: refused unless allowed"
-EVIDENCE_FIELDS = frozenset({"kind", "version", "enclave_public_key", "model_digest",
+EVIDENCE_FIELDS = frozenset({"kind", "version", "enclave_public_key", "signing_key", "model_digest",
                              "code_measurement", "nonce", "report_data", "platform_key",
                              "signature"})
-_SIZES = {"enclave_public_key": 32, "nonce": binding.NONCE_SIZE,
+_SIZES = {"enclave_public_key": 32, "signing_key": 32, "nonce": binding.NONCE_SIZE,
           "report_data": binding.REPORT_DATA_SIZE, "platform_key": 32, "signature": 64}
 
 
@@ -54,21 +55,27 @@ class SimulatedEnclave:
     """An in-memory stand-in for a TEE guest. Its platform key is self-made: see the module
     docstring, this proves nothing about hardware.
 
-    `private_key` opens what is sealed to `public_key` (client.sealing.open_sealed).
+    `private_key` opens what is sealed to `public_key` (client.sealing.open_sealed);
+    `signing_private_key` signs answers (client.proof), its public half is `signing_key`.
     """
 
     def __init__(self) -> None:
         keys: tuple[x25519.X25519PrivateKey, str] = sealing.keypair()
         self.private_key, self.public_key = keys
+        self.signing_private_key = ed25519.Ed25519PrivateKey.generate()
+        self.signing_key = sealing.b64_text(self.signing_private_key.public_key().public_bytes_raw())
         self._platform_key = ed25519.Ed25519PrivateKey.generate()
         self.platform_public_key = sealing.b64_text(self._platform_key.public_key().public_bytes_raw())
 
     def evidence(self, *, model_digest: str, code_measurement: str, nonce: bytes) -> dict:
         """Signed simulated evidence for this challenge. A bad argument raises BindingError."""
         raw_key = sealing.public_key_raw(self.public_key)
-        data = binding.report_data(enclave_public_key=raw_key, model_digest=model_digest,
-                                   code_measurement=code_measurement, nonce=nonce)
+        data = binding.report_data(enclave_public_key=raw_key,
+                                   signing_key=sealing.b64_canonical(self.signing_key, "signing_key"),
+                                   model_digest=model_digest, code_measurement=code_measurement,
+                                   nonce=nonce)
         fields = {"kind": KIND, "version": VERSION, "enclave_public_key": self.public_key,
+                  "signing_key": self.signing_key,
                   "model_digest": model_digest, "code_measurement": code_measurement,
                   "nonce": sealing.b64_text(bytes(nonce)), "report_data": sealing.b64_text(data),
                   "platform_key": self.platform_public_key}
@@ -102,6 +109,7 @@ class SimulatedVerdict:
     ok: bool
     simulated: bool  # always True: this evidence proves nothing about hardware
     enclave_public_key: str  # b64, what a client seals to if it accepts the verdict
+    signing_key: str  # b64, the key whose answer signatures (client.proof) the verdict vouches for
     signature_ok: bool
     binding_ok: bool  # report_data binds the evidence's own key, digest, measurement, nonce
     problems: tuple[str, ...]
@@ -129,10 +137,10 @@ def verify_simulated(evidence: dict, *, policy: SimulatedPolicy) -> SimulatedVer
     signature_ok = _check_signature(evidence, raw, problems)
     binding_ok = binding.binding_matches(
         raw["report_data"], enclave_public_key=raw["enclave_public_key"],
-        model_digest=evidence["model_digest"], code_measurement=evidence["code_measurement"],
+        signing_key=raw["signing_key"], model_digest=evidence["model_digest"], code_measurement=evidence["code_measurement"],
         nonce=raw["nonce"])
     if not binding_ok:
-        problems.append("report_data does not bind the evidence's key, digest, measurement "
+        problems.append("report_data does not bind the evidence's keys, digest, measurement "
                         "and nonce")
     if policy.expected_nonce is not None and not hmac.compare_digest(raw["nonce"],
                                                                      policy.expected_nonce):
@@ -144,6 +152,7 @@ def verify_simulated(evidence: dict, *, policy: SimulatedPolicy) -> SimulatedVer
         problems.append(f"code measurement {evidence['code_measurement']!r} is not allowed")
     return SimulatedVerdict(ok=not problems, simulated=True,
                             enclave_public_key=evidence["enclave_public_key"],
+                            signing_key=evidence["signing_key"],
                             signature_ok=signature_ok, binding_ok=binding_ok,
                             problems=tuple(problems))
 
@@ -165,7 +174,7 @@ def _parse(evidence: object) -> dict[str, bytes]:
     try:
         # Formats only; the values come from the evidence, so a mismatch is a problem later.
         binding.report_data(enclave_public_key=raw["enclave_public_key"],
-                            model_digest=evidence["model_digest"],
+                            signing_key=raw["signing_key"], model_digest=evidence["model_digest"],
                             code_measurement=evidence["code_measurement"], nonce=raw["nonce"])
     except binding.BindingError as error:
         raise SimulatedEvidenceError(str(error)) from None

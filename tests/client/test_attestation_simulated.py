@@ -67,14 +67,17 @@ def test_its_evidence_verifies_when_simulation_is_allowed_and_the_nonce_matches(
     assert verdict.problems == ()
     assert verdict.simulated is True
     assert verdict.enclave_public_key == enclave.public_key == evidence["enclave_public_key"]
+    assert verdict.signing_key == enclave.signing_key == evidence["signing_key"]
 
 
 def test_the_evidence_carries_the_documented_fields_and_binding(enclave, evidence, nonce):
     assert evidence["kind"] == "simulated" and evidence["version"] == 1
     assert evidence["nonce"] == b64(nonce)
     assert evidence["report_data"] == b64(report_data(
-        enclave_public_key=public_key_raw(enclave.public_key), model_digest=MODEL,
+        enclave_public_key=public_key_raw(enclave.public_key),
+        signing_key=base64.b64decode(enclave.signing_key), model_digest=MODEL,
         code_measurement=CODE, nonce=nonce))
+    assert evidence["signing_key"] == enclave.signing_key
     body = {k: v for k, v in evidence.items() if k != "signature"}
     spelled_out = SIGNATURE_LABEL + ("{" + ",".join(
         f'"{k}":{v}' if isinstance(v, int) else f'"{k}":"{v}"' for k, v in sorted(body.items()))
@@ -112,6 +115,7 @@ def test_it_refuses_a_model_or_code_the_policy_does_not_allow(evidence, nonce):
 
 @pytest.mark.parametrize("field, changed", [
     ("enclave_public_key", flipped),
+    ("signing_key", flipped),
     ("model_digest", lambda _: OTHER_MODEL),
     ("code_measurement", lambda value: value + "0"),
     ("nonce", flipped),
@@ -128,6 +132,7 @@ def test_it_catches_any_changed_field(evidence, nonce, field, changed):
 
 @pytest.mark.parametrize("field, changed", [
     ("enclave_public_key", flipped),
+    ("signing_key", flipped),
     ("model_digest", lambda _: OTHER_MODEL),
     ("code_measurement", lambda value: value + "0"),
     ("report_data", flipped),
@@ -139,7 +144,7 @@ def test_a_changed_field_resigned_by_another_key_still_fails_the_binding(evidenc
     verdict = verify_simulated(forged, policy=allowing(nonce))
 
     assert verdict.signature_ok and not verdict.binding_ok and not verdict.ok
-    assert verdict.problems == ("report_data does not bind the evidence's key, digest, "
+    assert verdict.problems == ("report_data does not bind the evidence's keys, digest, "
                                 "measurement and nonce",)
 
 

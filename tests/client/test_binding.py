@@ -15,19 +15,20 @@ from client.binding import (
 from client.sealing import keypair, public_key_raw
 
 ENCLAVE_KEY = bytes(range(32))
+SIGNING_KEY = bytes(range(50, 82))
 MODEL = "sha256:" + hashlib.sha256(b"llama-3.1-8b-instruct.Q4_K_M.gguf").hexdigest()
 CODE = "sha256:" + "ab" * 32
 NONCE = bytes(range(100, 132))
-INPUTS = dict(enclave_public_key=ENCLAVE_KEY, model_digest=MODEL, code_measurement=CODE,
+INPUTS = dict(enclave_public_key=ENCLAVE_KEY, signing_key=SIGNING_KEY, model_digest=MODEL, code_measurement=CODE,
               nonce=NONCE)
 
 
-def spelled_out(*, enclave_public_key, model_digest, code_measurement, nonce):
+def spelled_out(*, enclave_public_key, signing_key, model_digest, code_measurement, nonce):
     """The documented encoding, written out independently of the module."""
     def field(raw: bytes) -> bytes:
         return len(raw).to_bytes(4, "big") + raw
 
-    statement = (field(b"peercycles/report-data/v1") + field(enclave_public_key)
+    statement = (field(b"peercycles/report-data/v1") + field(enclave_public_key) + field(signing_key)
                  + field(model_digest.encode()) + field(code_measurement.encode()))
     return hashlib.sha256(statement).digest() + hashlib.sha256(nonce).digest()
 
@@ -49,10 +50,11 @@ def test_the_same_inputs_always_give_the_same_bytes():
 
 @pytest.mark.parametrize("changed", [
     {"enclave_public_key": bytes(31) + b"\x01"},
+    {"signing_key": bytes(32)},
     {"model_digest": "sha256:" + "0" * 64},
     {"code_measurement": CODE + " "},
     {"nonce": NONCE[:-1] + b"\x00"},
-], ids=["enclave key", "model digest", "code measurement", "nonce"])
+], ids=["enclave key", "signing key", "model digest", "code measurement", "nonce"])
 def test_changing_any_input_changes_the_report_data(changed):
     other = {**INPUTS, **changed}
 
@@ -105,10 +107,11 @@ def test_binding_refuses_report_data_of_the_wrong_length(size):
     {"enclave_public_key": bytes(31)},
     {"enclave_public_key": bytes(33)},
     {"enclave_public_key": ENCLAVE_KEY.hex()},  # hex text, not the raw key
+    {"signing_key": bytes(31)},
     {"nonce": bytes(31)},
     {"nonce": bytes(33)},
     {"nonce": NONCE.hex()},
-], ids=["key 31", "key 33", "key as hex", "nonce 31", "nonce 33", "nonce as hex"])
+], ids=["key 31", "key 33", "key as hex", "signing key 31", "nonce 31", "nonce 33", "nonce as hex"])
 def test_it_refuses_keys_and_nonces_of_the_wrong_length_or_type(changed):
     with pytest.raises(BindingError):
         report_data(**{**INPUTS, **changed})
@@ -143,11 +146,11 @@ def test_it_binds_the_key_the_enclave_seals_with():
     enclave_key = public_key_raw(public_b64)
     nonce = fresh_nonce()
 
-    data = report_data(enclave_public_key=enclave_key, model_digest=MODEL,
+    data = report_data(enclave_public_key=enclave_key, signing_key=SIGNING_KEY, model_digest=MODEL,
                        code_measurement=CODE, nonce=nonce)
 
-    assert binding_matches(data, enclave_public_key=enclave_key, model_digest=MODEL,
-                           code_measurement=CODE, nonce=nonce)
+    assert binding_matches(data, enclave_public_key=enclave_key, signing_key=SIGNING_KEY,
+                           model_digest=MODEL, code_measurement=CODE, nonce=nonce)
     _, other_public_b64 = keypair()
     assert not binding_matches(data, enclave_public_key=public_key_raw(other_public_b64),
-                               model_digest=MODEL, code_measurement=CODE, nonce=nonce)
+                               signing_key=SIGNING_KEY, model_digest=MODEL, code_measurement=CODE, nonce=nonce)

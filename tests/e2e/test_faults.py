@@ -105,7 +105,7 @@ def test_out_of_credits_answers_402_with_the_x402_body_and_header(node_url, cata
 
 def test_a_tier_nobody_serves_fails_at_once_with_a_503_and_a_full_refund(node_url, catalogue, alice, alice_key):
     before = balance_get(user=alice)
-    response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO, "peer_tier": "confidential"})
+    response = _post(node_url, alice_key, {"model": "gemma-3-270m", "messages": HELLO, "peer_tier": "open"})
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_workers"
     _assert_refunded(alice, before)
 

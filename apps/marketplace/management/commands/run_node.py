@@ -43,6 +43,9 @@ class Command(BaseCommand):
         agent_threads = agent_threads or max(1, (os.cpu_count() or 1) // max(1, agents))
         self.children: list[subprocess.Popen] = []
         python = sys.executable
+        # The demo's enclave worker is SIMULATED: the node routes confidential jobs to it only
+        # because this demo allows it, and says so below and in every proof (attestation.simulated).
+        os.environ["PEER_ALLOW_SIMULATED_ENCLAVE"] = "1"
         self._spawn([python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "peercycles.asgi:application"])
         if not _wait_for_port(port, 30):
             self._stop()
@@ -62,6 +65,11 @@ class Command(BaseCommand):
             self._spawn([python, "-m", "worker", "--server", server, "--token", token,
                          "--threads", str(agent_threads), "--name", name, "--embeddings", embeddings,
                          "--key-file", str(settings.BASE_DIR / "var" / "worker-key.pem")])
+        if fleet.enclave_token:
+            name, token = fleet.enclave_token
+            self._spawn([python, "-m", "worker", "--server", server, "--token", token, "--enclave", "simulated",
+                         "--threads", str(agent_threads), "--name", name, "--embeddings", "none",
+                         "--key-file", str(settings.BASE_DIR / "var" / "worker-key.pem")])
         database = "PostgreSQL" if settings.DATABASE_URL else "SQLite (var/peercycles.sqlite3)"
         layer = "Redis" if settings.REDIS_URL else "in-memory"
         self.stdout.write(self.style.SUCCESS(f"\nPeer Cycles node: {server}\n"))
@@ -70,7 +78,11 @@ class Command(BaseCommand):
                           f"  embeddings       {fleet.embedding_model or 'none (the minilm packages are missing)'}"
                           " on POST /v1/embeddings\n"
                           f"  services         {database}, {layer} channel layer, {celery_mode}\n"
-                          f"  agents           {len(fleet.worker_tokens)} local builtin workers\n\n"
+                          f"  agents           {len(fleet.worker_tokens)} local builtin workers"
+                          + (", 1 SIMULATED-enclave worker (confidential tier; simulated enclaves allowed on "
+                             "this demo node: no hardware guarantee)" if fleet.enclave_token else "") + "\n"
+                          f"  confidential     python -m client proxy --upstream {server} --port 8100 "
+                          f"--api-key {fleet.api_key} --allow-simulated\n\n"
                           f"  curl {server}/v1/chat/completions -H \"authorization: Bearer {fleet.api_key}\" "
                           "-H \"content-type: application/json\" -d '{\"model\":\"peer-mixtral\",\"peer_tier\":"
                           "\"verified\",\"messages\":[{\"role\":\"user\",\"content\":\"explain attestation\"}]}'\n\n"
