@@ -7,7 +7,7 @@ function here, and trusts the node for none of them:
    evidence itself (never the node's "verdict"), under the caller's `AttestationPolicy`.
 2. `sealed_request`: seal the whole OpenAI request body to one verified enclave, with a reply key
    fresh for this request; `clear_fields` is what may travel next to it unsealed.
-3. `open_piece`: open each sealed piece of the answer, counting the sequence numbers itself.
+3. open each sealed piece of the answer (client.answer_stream), counting the pieces itself.
 4. `answer_ok`: check the enclave's signature over the exact sealed bytes and the joined answer,
    with the signing key the verified evidence binds. `SealedAnswer` does 3 and 4 for one answer.
 
@@ -27,6 +27,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from client import binding, proof, sealing
+from client.answer_stream import AnswerOpener
 from client.attestation.simulated import (
     KIND as SIMULATED_KIND, REFUSED_PROBLEM as SIMULATED_REFUSED, SimulatedEvidenceError,
     SimulatedPolicy, verify_simulated,
@@ -185,16 +186,6 @@ def clear_fields(body: dict) -> dict:
     return {**clear, "peer_tier": CONFIDENTIAL_TIER}
 
 
-def open_piece(reply_private_key: X25519PrivateKey, envelope: object, seq: int) -> str:
-    """The text of answer chunk `seq`; raises SealedAnswerError if it is not that chunk."""
-    try:
-        return sealing.open_chunk(reply_private_key, envelope, seq=seq).decode("utf-8")
-    except sealing.SealingError as error:
-        raise SealedAnswerError(f"chunk {seq} does not open: {error}") from None
-    except UnicodeDecodeError:
-        raise SealedAnswerError(f"chunk {seq} is not UTF-8 text") from None
-
-
 def answer_ok(enclave: AttestedEnclave, body: bytes, answer: str, signature: object) -> bool:
     """Whether `signature` is the attested enclave's over the sealed `body` and `answer`."""
     return proof.answer_signature_ok(signing_key=enclave.signing_key, signature=signature,
@@ -208,12 +199,18 @@ class SealedAnswer:
     def __init__(self, enclave: AttestedEnclave, request_body: bytes,
                  reply_private_key: X25519PrivateKey):
         self.enclave, self.request_body = enclave, request_body
-        self.reply_private_key = reply_private_key
+        self.opener = AnswerOpener(reply_private_key)
         self.pieces: list[str] = []
 
-    def open_next(self, envelope: object) -> str:
-        """The next piece's text; SealedAnswerError if the envelope is not that piece."""
-        piece = open_piece(self.reply_private_key, envelope, len(self.pieces))
+    def open_next(self, sealed: object) -> str:
+        """The next piece's text; SealedAnswerError if `sealed` is not that piece."""
+        seq = len(self.pieces)
+        try:
+            piece = self.opener.open_piece(sealed).decode("utf-8")
+        except sealing.SealingError as error:
+            raise SealedAnswerError(f"piece {seq} does not open: {error}") from None
+        except UnicodeDecodeError:
+            raise SealedAnswerError(f"piece {seq} is not UTF-8 text") from None
         self.pieces.append(piece)
         return piece
 

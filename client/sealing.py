@@ -19,10 +19,8 @@ single-shot API, §6.1), so any RFC 9180 implementation (e.g. @hpke/core in a br
 open one: Seal(pkR, info, aad, pt) gives (enc, ciphertext).
 
 `info` says what a message is, so a sealed request can never be opened as an answer or the other
-way round: REQUEST_INFO for a request's messages, RESPONSE_INFO for answers. Streaming: each chunk
-of an answer is its own envelope with aad = its sequence number (`chunk_aad`), so the receiver,
-counting chunks itself, notices a chunk reordered, replayed or dropped (`open_stream`); only a cut
-after the last chunk it got needs more, which `seal_chunk` says.
+way round: REQUEST_INFO for a request's messages, RESPONSE_INFO for answers. A streamed answer is
+one envelope carrying an answer key and an AEAD per piece: client.answer_stream.
 
 Why a private `cryptography` function: 50.0's public Suite.encrypt/decrypt take no aad (pyca/
 cryptography#14203 removed it, citing RFC 9180 §8.1). The aad path stays as
@@ -70,7 +68,7 @@ ENVELOPE_FIELDS = frozenset({"hpke", "enc", "ciphertext"})
 ENC_SIZE = hpke.KEM.X25519.enc_length()  # Nenc: the ephemeral X25519 public key, 32 bytes
 PUBLIC_KEY_SIZE = 32  # Npk for X25519
 TAG_SIZE = 16  # Nt of both AEADs
-SEQ_LIMIT = 2 ** 64  # chunk_aad encodes the sequence number in 8 bytes
+SEQ_LIMIT = 2 ** 64  # answer pieces are numbered in 8 bytes (client.answer_stream)
 
 
 class SealingError(Exception):
@@ -155,46 +153,6 @@ def envelope_plaintext_size(envelope: object) -> int:
     malformed envelope."""
     _, _, ciphertext = _parse_envelope(envelope)
     return len(ciphertext) - TAG_SIZE
-
-
-def chunk_aad(seq: int) -> bytes:
-    """The aad of a stream's chunk number `seq` (from 0): 8 bytes, big-endian."""
-    # bool is an int; True as a sequence number would be a caller's mistake, not chunk 1.
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        raise TypeError(f"a sequence number is an int, got {type(seq).__name__}")
-    if not 0 <= seq < SEQ_LIMIT:
-        raise ValueError(f"a sequence number is in [0, 2**64), got {seq}")
-    return seq.to_bytes(8, "big")
-
-
-def seal_chunk(public_key_b64: str, chunk: bytes, *, seq: int, info: bytes = RESPONSE_INFO,
-               suite: str = DEFAULT_SUITE) -> dict:
-    """Seal chunk number `seq` of a stream (an answer, by default) as its own envelope.
-
-    Chunks are separate contexts, so what ties them to one stream is the key: the receiver must
-    use a fresh key pair per request, or a relay could splice chunk n of one answer into another
-    sealed to the same key. Nor can a sequence number say "this was the last chunk": the last
-    chunk's plaintext must, or the receiver cannot tell a finished stream from a cut one.
-    """
-    return seal(public_key_b64, chunk, info=info, aad=chunk_aad(seq), suite=suite)
-
-
-def open_chunk(private_key: x25519.X25519PrivateKey, envelope: dict, *, seq: int,
-               info: bytes = RESPONSE_INFO) -> bytes:
-    """Open chunk number `seq`. The receiver counts `seq` itself; a number read off the wire
-    would let whoever reorders the chunks renumber them too."""
-    return open_sealed(private_key, envelope, info=info, aad=chunk_aad(seq))
-
-
-def open_stream(private_key: x25519.X25519PrivateKey, envelopes: Iterable[dict], *,
-                info: bytes = RESPONSE_INFO) -> Iterator[bytes]:
-    """Open a stream's envelopes in arrival order as chunks 0, 1, 2, ...
-
-    Raises SealingAuthenticationError at the first envelope that is not the next chunk: a
-    reordered, repeated or missing chunk makes every later number off by one, so it cannot pass.
-    """
-    for seq, envelope in enumerate(envelopes):
-        yield open_chunk(private_key, envelope, seq=seq, info=info)
 
 
 def _parse_envelope(envelope: dict) -> tuple[hpke.Suite, bytes, bytes]:

@@ -3,7 +3,8 @@ on this machine with the code that runs it (client.confidential, client.sealing,
 
   client   seal the request (a fresh reply key pair + one HPKE seal), open N sealed pieces,
            verify the enclave's Ed25519 signature over request and answer
-  enclave  open the request, seal N pieces (one HPKE envelope each), sign
+  enclave  open the request, seal N pieces (one HPKE envelope with the answer key, then
+           AES-256-GCM per piece: client.answer_stream), sign
 
 for an answer of N pieces (default 64) and a request body of about 1 KiB. Network, attestation
 (once per enclave per --attestation-ttl in the proxy) and generation are not included.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cryptography  # noqa: E402
 
 from client import proof, sealing  # noqa: E402
+from client.answer_stream import AnswerSealer  # noqa: E402
 from client.attestation.simulated import SimulatedEnclave  # noqa: E402
 from client.confidential import AttestedEnclave, SealedAnswer, sealed_request  # noqa: E402
 from client.sealing import REQUEST_INFO  # noqa: E402
@@ -70,8 +72,8 @@ def one_request(enclave: SimulatedEnclave, client_view: AttestedEnclave, body: b
     plaintext = sealing.open_sealed(enclave.private_key, peer_sealed["request"], info=REQUEST_INFO)
     timings["open request"] = clock() - started
     started = clock()
-    sealed = [sealing.seal_chunk(peer_sealed["reply_key"], piece.encode("utf-8"), seq=seq)
-              for seq, piece in enumerate(pieces)]
+    sealer = AnswerSealer(peer_sealed["reply_key"])
+    sealed = [sealer.seal_piece(piece.encode("utf-8")) for piece in pieces]
     timings["seal pieces"] = clock() - started
     started = clock()
     signature = proof.answer_sign(enclave.signing_private_key, plaintext, "".join(pieces))

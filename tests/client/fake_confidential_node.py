@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from client import proof, sealing
+from client.answer_stream import AnswerSealer
 from client.attestation.simulated import SimulatedEnclave
 from client.binding import fresh_nonce
 from client.sealing import REQUEST_INFO
@@ -70,8 +71,8 @@ class FakeEnclave:
                                         info=REQUEST_INFO)
         answer = answer_for(json.loads(plaintext))
         pieces = [answer[start:start + PIECE_SIZE] for start in range(0, len(answer), PIECE_SIZE)]
-        sealed = [sealing.seal_chunk(sealed_request["reply_key"], piece.encode("utf-8"), seq=seq)
-                  for seq, piece in enumerate(pieces)]
+        sealer = AnswerSealer(sealed_request["reply_key"])
+        sealed = [sealer.seal_piece(piece.encode("utf-8")) for piece in pieces]
         if self.faults.reordered_chunks:
             sealed[0], sealed[1] = sealed[1], sealed[0]
         signed = answer + " (not this)" if self.faults.wrong_signature else answer

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from client.sealing import (
     DEFAULT_SUITE, REQUEST_INFO, RESPONSE_INFO, SUITE_AES_128_GCM, SUITE_CHACHA20_POLY1305,
-    SealingAuthenticationError, SealingFormatError, SealingKeyError, SealingSuiteError, chunk_aad,
-    keypair, open_chunk, open_sealed, open_stream, public_key_raw, seal, seal_chunk,
+    SealingAuthenticationError, SealingFormatError, SealingKeyError, SealingSuiteError,
+    keypair, open_sealed, public_key_raw, seal,
 )
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "data" / "hpke" /
@@ -252,59 +252,3 @@ def test_text_where_bytes_belong_is_a_type_error(enclave):
         open_sealed(private_key, seal(public_b64, PROMPT, info=REQUEST_INFO), info="request")
 
 
-def test_a_chunks_aad_is_its_sequence_number_in_8_bytes_big_endian():
-    assert chunk_aad(0) == bytes(8)
-    assert chunk_aad(1) == b"\0\0\0\0\0\0\0\x01"
-    assert chunk_aad(2 ** 64 - 1) == b"\xff" * 8
-    for bad in (-1, 2 ** 64):
-        with pytest.raises(ValueError):
-            chunk_aad(bad)
-    with pytest.raises(TypeError):
-        chunk_aad(True)
-
-
-def test_a_streamed_answer_opens_chunk_by_chunk():
-    client_private_key, client_public_b64 = keypair()
-    chunks = [b"The ", b"answer ", b"is 42."]
-
-    envelopes = [seal_chunk(client_public_b64, chunk, seq=n) for n, chunk in enumerate(chunks)]
-
-    assert list(open_stream(client_private_key, envelopes)) == chunks
-    assert open_chunk(client_private_key, envelopes[2], seq=2) == b"is 42."
-    assert open_sealed(client_private_key, envelopes[1], info=RESPONSE_INFO,
-                       aad=(1).to_bytes(8, "big")) == b"answer "
-
-
-def test_a_chunk_does_not_open_under_another_sequence_number():
-    client_private_key, client_public_b64 = keypair()
-
-    envelope = seal_chunk(client_public_b64, b"answer ", seq=1)
-
-    for wrong_seq in (0, 2, 2 ** 63 + 1):
-        with pytest.raises(SealingAuthenticationError):
-            open_chunk(client_private_key, envelope, seq=wrong_seq)
-
-
-@pytest.mark.parametrize("edit", [
-    lambda e: [e[0], e[2], e[1], e[3]],  # two chunks swapped
-    lambda e: [e[0], e[2], e[3]],  # a chunk dropped
-    lambda e: [e[0], e[1], e[1], e[2]],  # a chunk replayed
-], ids=["reordered", "dropped", "replayed"])
-def test_mallory_cannot_reorder_drop_or_replay_chunks_unnoticed(edit):
-    client_private_key, client_public_b64 = keypair()
-    envelopes = [seal_chunk(client_public_b64, b"chunk %d" % n, seq=n) for n in range(4)]
-
-    opened = open_stream(client_private_key, edit(envelopes))
-
-    assert next(opened) == b"chunk 0"
-    with pytest.raises(SealingAuthenticationError):
-        list(opened)
-
-
-def test_stream_chunks_are_answers_not_requests():
-    enclave_private_key, enclave_public_b64 = keypair()
-
-    envelope = seal_chunk(enclave_public_b64, b"chunk", seq=0)
-
-    with pytest.raises(SealingAuthenticationError):
-        open_chunk(enclave_private_key, envelope, seq=0, info=REQUEST_INFO)

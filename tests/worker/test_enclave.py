@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from client import sealing
+from client.answer_stream import AnswerOpener
 from client.attestation.simulated import SimulatedPolicy, verify_simulated
 from client.binding import fresh_nonce
 from client.proof import answer_signature_ok
@@ -81,7 +82,8 @@ def run_all(runtime: EnclaveRuntime, sealed: dict, params: dict | None = None,
 
 def opened_text(reply_private: Any, messages: list[dict]) -> str:
     chunks = [message["sealed"] for message in messages if message["op"] == "chunk"]
-    return b"".join(sealing.open_stream(reply_private, chunks)).decode("utf-8")
+    opener = AnswerOpener(reply_private)
+    return b"".join(opener.open_piece(chunk) for chunk in chunks).decode("utf-8")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from client import binding, proof, sealing
+from client.answer_stream import AnswerSealer
 from client.attestation.simulated import SimulatedEnclave
 from worker.backends import BackendError, Finish, ModelInfo, Request
 from worker.measurement import code_measurement as agent_code_measurement
@@ -152,6 +153,7 @@ class EnclaveRuntime:
         pieces: list[str] = []
         finish: Finish | None = None
         generation: Any = None
+        sealer = AnswerSealer(reply_key)
         try:
             generation = served.backend.generate(served.model.id, Request(messages=chat.messages),
                                                  gen_params, cancel)
@@ -161,8 +163,8 @@ class EnclaveRuntime:
                     continue  # run the generator to its end: the builtin one holds a lock till then
                 if not item or finish is not None:
                     continue
-                envelope = sealing.seal_chunk(reply_key, item.encode("utf-8"), seq=len(pieces))
-                yield {"op": "chunk", "job_id": job_id, "seq": len(pieces), "sealed": envelope}
+                sealed = sealer.seal_piece(item.encode("utf-8"))
+                yield {"op": "chunk", "job_id": job_id, "seq": len(pieces), "sealed": sealed}
                 pieces.append(item)
         except BackendError as error:
             raise EnclaveError(error.code, error.message) from None
