@@ -31,8 +31,9 @@ OFFERS_HELP = ('Public model name -> {"price_per_token": whole micro-USDC, 0..10
 class WorkerCreateSerializer(StrictSerializer):
     # Blank passes here so that the service's checks report it together with every other field.
     name = serializers.CharField(allow_blank=True, help_text="At most 100 characters.")
-    tiers = serializers.ListField(child=serializers.CharField(), help_text='Some of "open", "verified" '
-                                 '(verified is routed only with a $PEER bond; confidential needs attestation).')
+    tiers = serializers.ListField(child=serializers.CharField(), help_text='Some of "open", "verified", '
+                                 '"confidential" (verified is routed only with a $PEER bond; confidential only '
+                                 'while the agent\'s enclave is attested).')
     hardware_description = serializers.CharField(required=False, allow_blank=True, default="")
     offers = serializers.DictField(required=False, default=dict, help_text=OFFERS_HELP)
 
@@ -126,7 +127,7 @@ def _not_found() -> Response:
 
 
 def _issued(worker, raw_token: str, http_status: int, headers=None) -> Response:
-    body = {"worker": worker, "token": raw_token, "server": node_url(), "command": agent_command(raw_token=raw_token)}
+    body = {"worker": worker, "token": raw_token, "server": node_url(), "command": agent_command(raw_token=raw_token, tiers=worker.tiers)}
     response = Response(IssuedTokenSerializer(body).data, status=http_status, headers=headers)
     response["Cache-Control"] = "no-store"
     return response

@@ -8,6 +8,8 @@ from .services import WorkerInputError
 TIER_CHOICES = [
     ("open", "Open: any job of the open tier, no bond needed"),
     ("verified", "Verified: answers checked by bonded re-execution; routed only with a $PEER bond"),
+    ("confidential", "Confidential: prompts sealed to the agent's enclave (python -m worker --enclave ...); "
+                     "routed only while the node has verified the enclave's attestation"),
 ]
 
 

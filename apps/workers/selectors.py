@@ -166,6 +166,9 @@ def node_url() -> str:
     return settings.SITE_URL.rstrip("/")
 
 
-def agent_command(*, raw_token: str) -> str:
-    """The exact command that starts the agent for a worker with this token."""
-    return f"python -m worker --server {shlex.quote(node_url())} --token {shlex.quote(raw_token)}"
+def agent_command(*, raw_token: str, tiers=()) -> str:
+    """The exact command that starts the agent for a worker with this token. A confidential
+    worker's agent runs its model in an enclave process; the only enclave the agent has yet is
+    the simulated one, which a node routes to only if it allows simulated enclaves."""
+    command = f"python -m worker --server {shlex.quote(node_url())} --token {shlex.quote(raw_token)}"
+    return command + " --enclave simulated" if "confidential" in tiers else command

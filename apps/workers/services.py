@@ -207,7 +207,8 @@ def job_relay_tell_worker_lost(*, worker_id, job_id) -> None:
 
 # --- Operator onboarding: the checked writes behind /operator/ and /api/workers/ ---------------
 
-OPERATOR_TIERS = ("open", "verified")  # confidential needs an attested enclave (issue 6)
+# Verified needs a bond to be routed; confidential an enclave whose evidence the node verified.
+OPERATOR_TIERS = ("open", "verified", "confidential")
 # micro-USDC per token (1 credit a token, 100x the default price): a quote holds for the dearest
 # offer of the model, so one absurd price would price every client out.
 MAX_PRICE_PER_TOKEN = 10_000
@@ -238,13 +239,11 @@ def check_hardware_description(text) -> str:
 
 
 def check_operator_tiers(tiers) -> list[str]:
-    """The tiers an operator may choose: open and verified (which also needs a bond to be routed)."""
+    """The tiers an operator may choose: open, verified (routed only with a bond) and confidential
+    (routed only while the agent's enclave is attested: docs/confidential.md)."""
     if not isinstance(tiers, list | tuple) or not tiers or not all(isinstance(t, str) for t in tiers):
         raise WorkerInputError({"tiers": f"Choose at least one tier of: {', '.join(OPERATOR_TIERS)}."})
     for tier in tiers:
-        if tier == "confidential":
-            raise WorkerInputError({"tiers": "The confidential tier needs an attested enclave (TEE); "
-                                             "workers cannot register for it yet."})
         if tier not in OPERATOR_TIERS:
             raise WorkerInputError({"tiers": f"Unknown tier {tier!r}: choose from {', '.join(OPERATOR_TIERS)}."})
     return [tier for tier in OPERATOR_TIERS if tier in tiers]

@@ -38,7 +38,8 @@ def _own_worker(request, worker_id) -> Worker:
 
 def _token_page(request, template: str, worker: Worker, raw_token: str):
     response = render(request, template, {"worker": worker, "token": raw_token, "server": node_url(),
-                                          "command": agent_command(raw_token=raw_token)})
+                                          "command": agent_command(raw_token=raw_token, tiers=worker.tiers),
+                                          "simulated_enclave": "confidential" in worker.tiers})
     response["Cache-Control"] = "no-store"  # the only copy of the token: never from a cache
     return response
 

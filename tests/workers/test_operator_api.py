@@ -132,9 +132,17 @@ def test_an_unknown_worker_id_is_404(bobs_api, db):
     assert bobs_api.get(f"{uuid.uuid4()}/").status_code == 404
 
 
+def test_a_confidential_worker_is_told_to_start_its_agent_with_an_enclave(bob, bobs_api, catalogue):
+    response = bobs_api.post("", {**GOOD, "tiers": ["confidential"]})
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["command"] == f"python -m worker --server {NODE} --token {body['token']} --enclave simulated"
+    assert Worker.objects.get(operator=bob).tiers == ["confidential"]
+
+
 @pytest.mark.parametrize("body, field, message", [
     ({**GOOD, "tiers": ["gold"]}, "tiers", "Unknown tier 'gold'"),
-    ({**GOOD, "tiers": ["confidential"]}, "tiers", "attested enclave"),
     ({**GOOD, "tiers": []}, "tiers", "at least one tier"),
     ({**GOOD, "tiers": "open"}, "tiers", "Expected a list"),
     ({**GOOD, "name": ""}, "name", "A name is required"),

@@ -65,12 +65,12 @@ def test_an_anonymous_visitor_is_sent_to_sign_in(db):
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
 
 
-def test_the_register_form_offers_open_and_verified_and_explains_why_confidential_is_disabled(bobs_browser, catalogue):
+def test_the_register_form_offers_every_tier_and_says_what_confidential_needs(bobs_browser, catalogue):
     page = bobs_browser.get("/operator/workers/new/").content.decode()
 
-    assert 'value="open"' in page and 'value="verified"' in page
-    assert re.search(r'value="confidential" disabled', page)
-    assert "attested enclave" in page
+    assert 'value="open"' in page and 'value="verified"' in page and 'value="confidential"' in page
+    assert not re.search(r'value="confidential" disabled', page)
+    assert "enclave" in page
     assert "peer-mixtral" in page and "peer-llama" in page
 
 
@@ -106,7 +106,7 @@ def test_a_worker_with_no_prices_is_registered_with_no_offers(bob, bobs_browser,
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"tiers": ["confidential"]}, "confidential"),
+    ({"tiers": ["gold"]}, "gold"),
     ({"tiers": []}, "This field is required"),
     ({"name": "  "}, "required"),
     ({"price": "-5"}, "must not be negative"),
