@@ -1,5 +1,6 @@
 """`make run`'s embedded mode (SQLite, in-memory channel layer, Celery in the node) serves the
-paper's example, and embeddings, with the key it prints. The suite itself runs on PostgreSQL and Redis; this
+paper's example, embeddings, and a confidential chat through the local proxy to its simulated-enclave
+worker, with the key it prints. The suite itself runs on PostgreSQL and Redis; this
 test starts the node the way `make run` does, in a subprocess with neither configured."""
 
 import os
@@ -7,10 +8,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
+import openai
 import pytest
+
+from client.confidential import AttestationPolicy
+from client.proxy import ProxyConfig, make_server
 
 from .conftest import OUTPUT, ROOT, _free_port
 
@@ -44,10 +50,29 @@ def test_the_embedded_node_answers_the_papers_example_and_embeds_with_the_printe
             served = httpx.get(f"http://127.0.0.1:{port}/static/{asset}", timeout=30)
             assert served.status_code == 200 and served.content, asset
         assert "SQLite" in log_path.read_text() and "in-memory channel layer" in log_path.read_text()
+        # The demo's one enclave worker is simulated, said so, and serves the confidential tier.
+        assert "SIMULATED-enclave worker" in log_path.read_text()
+        _wait_for(log_path, r"attested for sha256:\S+ \(simulated, SIMULATED", timeout=90)
+        answer = _confidential_chat(f"http://127.0.0.1:{port}", key)
+        assert answer.choices[0].message.content
+        assert answer.model_extra["peer"]["verified"] == {"attestation": True, "signature": True, "simulated": True}
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=30)
     assert node.returncode == 0
+
+
+def _confidential_chat(node_url, key):
+    """Through the local proxy, as the banner says: `python -m client proxy ... --allow-simulated`."""
+    server = make_server(ProxyConfig(upstream=node_url, api_key=key, policy=AttestationPolicy(allow_simulated=True)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="-", max_retries=0)
+        return client.chat.completions.create(model="peer-mixtral", max_tokens=8,
+                                              messages=[{"role": "user", "content": "a sealed hello"}])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _wait_for(path, pattern, timeout):
