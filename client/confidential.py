@@ -22,16 +22,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from client import binding, proof, sealing
 from client.answer_stream import AnswerOpener
-from client.attestation.simulated import (
-    KIND as SIMULATED_KIND, REFUSED_PROBLEM as SIMULATED_REFUSED, SimulatedEvidenceError,
-    SimulatedPolicy, verify_simulated,
-)
+from client.attestation.enclave import EvidencePolicy, verify_enclave_evidence
+from client.attestation.simulated import REFUSED_PROBLEM as SIMULATED_REFUSED
 from client.sealing import REQUEST_INFO
 
 CONFIDENTIAL_TIER = "confidential"
@@ -103,13 +102,12 @@ def attest(http: httpx.Client, model: str, *,
     if not isinstance(enclaves, list):
         raise UpstreamError(502, upstream_invalid("the node's attestation answer has no "
                                                   "'enclaves' list"))
-    simulated_policy = SimulatedPolicy(
-        allow_simulated=policy.allow_simulated, expected_nonce=nonce,
-        allowed_model_digests=policy.allowed_model_digests,
-        allowed_code_measurements=policy.allowed_code_measurements)
+    evidence_policy = EvidencePolicy(allow_simulated=policy.allow_simulated,
+                                     allowed_model_digests=policy.allowed_model_digests,
+                                     allowed_code_measurements=policy.allowed_code_measurements)
     verified, problems = [], []
     for entry in enclaves:
-        outcome = _verify_entry(entry, nonce_b64, simulated_policy)
+        outcome = _verify_entry(entry, nonce, evidence_policy)
         if isinstance(outcome, AttestedEnclave):
             verified.append(outcome)
         else:
@@ -124,37 +122,31 @@ def refused_only_as_simulated(problems: list[str]) -> bool:
                                   for problem in problems)
 
 
-def _verify_entry(entry: object, nonce_b64: str,
-                  simulated_policy: SimulatedPolicy) -> AttestedEnclave | str:
+def _verify_entry(entry: object, nonce: bytes, evidence_policy: EvidencePolicy) -> AttestedEnclave | str:
     """The verified enclave, or "worker W: what is wrong" (the form refused_only_as_simulated
-    reads)."""
+    reads). Any kind client.attestation.enclave verifies: simulated, sev-snp, tdx."""
     if not isinstance(entry, dict):
         return f"worker ?: an enclave listing is a JSON object, got {type(entry).__name__}"
     worker = str(entry.get("worker"))
     evidence = entry.get("evidence")
-    kind = evidence.get("kind") if isinstance(evidence, dict) else entry.get("kind")
-    if kind != SIMULATED_KIND:
-        return f"worker {worker}: evidence kind {kind!r} is not verified by this client yet"
-    try:
-        verdict = verify_simulated(evidence, policy=simulated_policy)
-    except SimulatedEvidenceError as error:
-        return f"worker {worker}: unreadable evidence: {error}"
+    verdict = verify_enclave_evidence(evidence, expected_nonce=nonce, policy=evidence_policy,
+                                      now=datetime.now(timezone.utc))
+    if not verdict.enclave_key:  # unreadable: nothing of it can be compared
+        return f"worker {worker}: {'; '.join(verdict.problems)}"
     problems = list(verdict.problems)
     # The node lists the keys next to the evidence; only the evidence's are verified, so a
     # listing that differs is the node pointing at another enclave than the one attested.
-    if evidence["enclave_public_key"] != entry.get("enclave_key"):
+    if verdict.enclave_key != entry.get("enclave_key"):
         problems.append("the evidence's enclave key is not the listed enclave_key")
-    if evidence["signing_key"] != entry.get("signing_key"):
+    if verdict.signing_key != entry.get("signing_key"):
         problems.append("the evidence's signing key is not the listed signing_key")
-    if not _usable_enclave_key(evidence["enclave_public_key"]):
+    if not _usable_enclave_key(verdict.enclave_key):
         problems.append("the enclave key is a low-order X25519 point: nothing can be sealed to it")
     if problems:
         return f"worker {worker}: {'; '.join(problems)}"
-    return AttestedEnclave(worker=worker, enclave_key=evidence["enclave_public_key"],
-                           signing_key=evidence["signing_key"],
-                           model_digest=evidence["model_digest"],
-                           code_measurement=evidence["code_measurement"], kind=kind,
-                           simulated=verdict.simulated, nonce=nonce_b64,
+    return AttestedEnclave(worker=worker, enclave_key=verdict.enclave_key, signing_key=verdict.signing_key,
+                           model_digest=verdict.model_digest, code_measurement=verdict.code_measurement,
+                           kind=verdict.kind, simulated=verdict.simulated, nonce=sealing.b64_text(nonce),
                            verified_at=time.monotonic())
 
 

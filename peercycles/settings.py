@@ -302,6 +302,11 @@ PEER_ATTESTATION_MAX_AGE = env_float("PEER_ATTESTATION_MAX_AGE", 600.0)
 # the agent code this node ships (worker.measurement.code_measurement).
 PEER_ATTESTATION_CODE_MEASUREMENTS = [m.strip() for m in env_str("PEER_ATTESTATION_CODE_MEASUREMENTS").split(",")
                                       if m.strip()]
+# Hardware evidence: allowed SEV-SNP launch measurements and TDX MRTDs (comma-separated hex);
+# empty allows any the hardware signed (the binding still pins key, model and agent code).
+PEER_ATTESTATION_SNP_MEASUREMENTS = [m.strip() for m in env_str("PEER_ATTESTATION_SNP_MEASUREMENTS").split(",")
+                                     if m.strip()]
+PEER_ATTESTATION_TDX_MRTDS = [m.strip() for m in env_str("PEER_ATTESTATION_TDX_MRTDS").split(",") if m.strip()]
 # How long GET /v1/attestation with a client nonce waits for enclaves' fresh evidence.
 PEER_ATTESTATION_FETCH_TIMEOUT = env_float("PEER_ATTESTATION_FETCH_TIMEOUT", 5.0)
 

@@ -8,9 +8,10 @@ digest must be one the catalogue accepts; the agent code measurement must be all
 ships); the nonce must be the one the node sent on that link, once; a verdict holds
 PEER_ATTESTATION_MAX_AGE seconds.
 
-Evidence kinds: "simulated" (client.attestation.simulated). Hardware evidence (TDX, SEV-SNP
-through configfs-tsm) has verifiers in client/attestation/ but no agent produces it yet, so any
-other kind is refused with that reason rather than half-checked.
+Evidence kinds (client/attestation/enclave.py, the verifier clients use too): "simulated";
+"sev-snp" (the report and its VCEK/ASK/ARK table, ARK pinned; launch measurements allowed by
+PEER_ATTESTATION_SNP_MEASUREMENTS) and "tdx" (the quote and Intel-signed DCAP collateral; MRTDs
+allowed by PEER_ATTESTATION_TDX_MRTDS), as the agent reads them from configfs-tsm.
 """
 
 import base64
@@ -24,7 +25,9 @@ from django.utils import timezone
 
 from apps.workers.models import CatalogueModel, Worker
 from apps.workers.roster import roster_changed
-from client.attestation.simulated import SimulatedEvidenceError, SimulatedPolicy, verify_simulated
+from client.attestation.enclave import EvidencePolicy, verify_enclave_evidence
+from client.attestation.snp import SnpPolicy
+from client.attestation.tdx import TdxPolicy
 from worker.measurement import code_measurement
 
 NONCE_SIZE = 32
@@ -62,30 +65,24 @@ def catalogue_digests() -> frozenset[str]:
     return frozenset(digests)
 
 
+def node_policy() -> EvidencePolicy:
+    return EvidencePolicy(
+        allow_simulated=settings.PEER_ALLOW_SIMULATED_ENCLAVE, allowed_model_digests=catalogue_digests(),
+        allowed_code_measurements=allowed_code_measurements(),
+        snp=SnpPolicy(allowed_measurements=frozenset(settings.PEER_ATTESTATION_SNP_MEASUREMENTS)),
+        tdx=TdxPolicy(allowed_mrtds=frozenset(settings.PEER_ATTESTATION_TDX_MRTDS)))
+
+
 def evidence_check(evidence, *, nonce: bytes, model_digest: str) -> dict:
     """The node's verdict on one enclave's evidence for `model_digest` over its `nonce`:
     {"ok", "kind", "simulated", "enclave_key", "signing_key", "code_measurement", "problems"}."""
-    kind = evidence.get("kind") if isinstance(evidence, dict) else None
-    if kind != "simulated":
-        return _refused(kind, f"evidence kind {kind!r} is not verified by this node yet "
-                              "(only the simulated enclave's is)")
-    try:
-        verdict = verify_simulated(evidence, policy=SimulatedPolicy(
-            allow_simulated=settings.PEER_ALLOW_SIMULATED_ENCLAVE, expected_nonce=nonce,
-            allowed_model_digests=catalogue_digests(), allowed_code_measurements=allowed_code_measurements()))
-    except SimulatedEvidenceError as exc:
-        return _refused(kind, f"unreadable evidence: {exc}")
+    verdict = verify_enclave_evidence(evidence, expected_nonce=nonce, policy=node_policy(), now=timezone.now())
     problems = list(verdict.problems)
-    if evidence["model_digest"] != model_digest:
-        problems.append(f"evidence is for model {evidence['model_digest']}, not {model_digest}")
-    return {"ok": not problems, "kind": kind, "simulated": True, "enclave_key": verdict.enclave_public_key,
-            "signing_key": verdict.signing_key, "code_measurement": evidence["code_measurement"],
-            "problems": problems}
-
-
-def _refused(kind, problem: str) -> dict:
-    return {"ok": False, "kind": kind if isinstance(kind, str) else None, "simulated": kind == "simulated",
-            "enclave_key": "", "signing_key": "", "code_measurement": "", "problems": [problem]}
+    if verdict.model_digest and verdict.model_digest != model_digest:
+        problems.append(f"evidence is for model {verdict.model_digest}, not {model_digest}")
+    return {"ok": not problems, "kind": verdict.kind, "simulated": verdict.simulated,
+            "enclave_key": verdict.enclave_key, "signing_key": verdict.signing_key,
+            "code_measurement": verdict.code_measurement, "problems": problems}
 
 
 def worker_attestation_record(*, worker_id, model_digest: str, nonce: str, evidence: dict) -> dict:

@@ -129,9 +129,11 @@ def _other_key(evidence):
     (lambda e, enclave: {**e, "report_data": _flipped(e["report_data"])}, "signature does not verify"),
     (lambda e, enclave: _resigned_by_mallory(_other_key(e)), "report_data does not bind"),
     (lambda e, enclave: _evidence(enclave, base64.b64encode(bytes(32)).decode()), "nonce is not the expected one"),
-    (lambda e, enclave: {"kind": "tdx", "quote": "AAAA"}, "not verified by this node yet"),
+    (lambda e, enclave: {"kind": "sgx", "quote": "AAAA"}, "not one this verifier knows"),
+    (lambda e, enclave: {"kind": "tdx", "quote": "AAAA"}, "unreadable evidence"),
     (lambda e, enclave: {"kind": "simulated"}, "unreadable evidence"),
-], ids=["flipped signature", "flipped report data", "key not bound", "another nonce", "unknown kind", "unreadable"])
+], ids=["flipped signature", "flipped report data", "key not bound", "another nonce", "unknown kind",
+        "unreadable tdx", "unreadable"])
 async def test_forged_or_stale_evidence_is_refused_and_the_worker_stays_unroutable(registered, forge, problem):
     worker, token = registered
     enclave = SimulatedEnclave()
