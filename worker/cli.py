@@ -29,7 +29,7 @@ from worker.keys import DEFAULT_KEY_FILE
 
 EXIT_REFUSED = 3  # token refused: a configuration problem, not a crash (2 is argparse usage)
 EMBEDDINGS_CHOICES = ("auto", "minilm", "none")
-ENCLAVE_CHOICES = ("none", "simulated")
+ENCLAVE_CHOICES = ("none", "simulated", "tsm")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 DESCRIPTION = """\
@@ -59,7 +59,8 @@ default; a list given at a higher level replaces the lower one's. Environment va
   PEER_MODEL_DIGESTS    comma-separated NAME=sha256:...    config key: model_digests (table)
   PEER_CONTEXT_LENGTH   context window of HTTP backends    config key: context_length
   PEER_EMBEDDINGS       auto, minilm or none               config key: embeddings
-  PEER_ENCLAVE          none or simulated                  config key: enclave
+  PEER_ENCLAVE          none, simulated or tsm             config key: enclave
+  PEER_PCCS_URL         Intel DCAP collateral service      config key: pccs_url
   PEER_THREADS          CPU threads for inference          config key: threads
   PEER_MODEL_PATH       GGUF model file for builtin        config key: model_path
   PEER_MODEL_DIR        where the builtin model is assembled when no model path is given
@@ -151,8 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the chat model from an enclave process for the confidential tier: it holds "
              "the HPKE key, opens sealed requests, runs the model and seals the answer, and this "
              "process relays ciphertext only. simulated = a SIMULATED enclave for development "
-             "(no hardware guarantee; nodes refuse it unless they allow simulated enclaves). "
-             "The chat model then takes confidential jobs only (env PEER_ENCLAVE; default none)")
+             "(no hardware guarantee; nodes refuse it unless they allow simulated enclaves); "
+             "tsm = this machine is an AMD SEV-SNP or Intel TDX guest: evidence comes from the CPU "
+             "through configfs-tsm (/sys/kernel/config/tsm/report). The chat model then takes "
+             "confidential jobs only (env PEER_ENCLAVE; default none)")
+    add("--pccs-url", metavar="URL",
+        help="with --enclave tsm on TDX: the PCCS to fetch each quote's DCAP collateral from, sent "
+             "with the quote (env PEER_PCCS_URL)")
     add("--model-path", metavar="PATH",
         help="GGUF file to serve with the builtin backend instead of the bundled model; its "
              "digest is computed from its bytes (env PEER_MODEL_PATH)")
@@ -190,13 +196,15 @@ class Settings:
     cheat: str | None = None
     cheat_rate: float = 1.0
     enclave: str = "none"
+    pccs_url: str | None = None
 
     def enclave_settings(self) -> dict[str, Any]:
         """What the enclave process needs to load the chat backend (worker/enclave/__main__.py)."""
         return {"backend": self.backend, "backend_url": self.backend_url, "backend_api_key": self.backend_api_key,
                 "models": list(self.models), "model_digests": self.model_digests,
                 "context_length": self.context_length,
-                "model_path": str(self.model_path) if self.model_path else None, "threads": self.threads}
+                "model_path": str(self.model_path) if self.model_path else None, "threads": self.threads,
+                "enclave": self.enclave, "pccs_url": self.pccs_url}
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(url=self.backend_url, api_key=self.backend_api_key,
@@ -281,6 +289,7 @@ _SETTINGS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "cheat": (None, _choice(CHEAT_MODES)),
     "cheat_rate": (None, _fraction),
     "enclave": ("PEER_ENCLAVE", _choice(ENCLAVE_CHOICES)),
+    "pccs_url": ("PEER_PCCS_URL", _text),
     "log_level": (None, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
 }
 
@@ -365,12 +374,13 @@ async def _serve(settings: Settings) -> None:
     from worker.agent import Agent, AgentConfig, hardware_info
 
     enclave = None
-    if settings.enclave == "simulated":
+    if settings.enclave != "none":
         from worker.enclave.host import EnclaveProcess, EnclaveStartError
 
-        logging.getLogger("worker").warning(
-            "SIMULATED ENCLAVE: the chat model runs in a separate process that holds the HPKE key, "
-            "but no hardware protects it; nodes refuse it unless they allow simulated enclaves")
+        if settings.enclave == "simulated":
+            logging.getLogger("worker").warning(
+                "SIMULATED ENCLAVE: the chat model runs in a separate process that holds the HPKE key, "
+                "but no hardware protects it; nodes refuse it unless they allow simulated enclaves")
         try:
             wire_log = logging.getLogger("worker.wire")
             enclave = await EnclaveProcess.start(settings.enclave_settings(), on_line=lambda line: wire_log.debug(

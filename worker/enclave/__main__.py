@@ -31,11 +31,12 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from client.attestation.simulated import SimulatedEnclave
 from worker.enclave.runtime import EnclaveError, EnclaveRuntime
 
 SETTINGS_VARIABLE = "PEER_ENCLAVE_SETTINGS"
 SETTINGS_KEYS = frozenset({"backend", "backend_url", "backend_api_key", "models", "model_digests",
-                           "context_length", "model_path", "threads", "log_level"})
+                           "context_length", "model_path", "threads", "log_level", "enclave", "pccs_url"})
 JOIN_TIMEOUT = 5.0  # how long a cancelled job may take to stop when stdin closes
 
 log = logging.getLogger("worker.enclave")
@@ -200,6 +201,15 @@ def protocol_stdout() -> BinaryIO:
     return os.fdopen(protocol_fd, "wb", buffering=0)
 
 
+def enclave_for(settings: Any) -> Any:
+    """The keys and evidence source --enclave names: simulated, or the CPU's (configfs-tsm)."""
+    if settings.enclave == "tsm":
+        from worker.enclave.tsm import TsmEnclave
+
+        return TsmEnclave(pccs_url=settings.pccs_url)
+    return SimulatedEnclave()
+
+
 def main() -> int:
     writer = LineWriter(protocol_stdout())
     try:
@@ -208,7 +218,8 @@ def main() -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from worker.cli import load_backends
 
-        runtime = EnclaveRuntime(load_backends(settings))
+        enclave = enclave_for(settings)  # before the model loads: a machine with no TEE stops at once
+        runtime = EnclaveRuntime(load_backends(settings), enclave=enclave)
         if not runtime.models:
             raise ValueError("no model this enclave can serve confidentially (a chat model "
                              "with a sha256 digest)")

@@ -1,8 +1,9 @@
 """What runs inside the enclave: open a sealed chat request, generate, seal the answer back, sign.
 
 Pure logic, no I/O of its own: `__main__.py` feeds it lines from the host and writes what it
-returns. It holds the enclave's keys (today a `SimulatedEnclave`, which proves nothing about
-hardware), the chat backends and the agent's code measurement.
+returns. It holds the enclave's keys (a `SimulatedEnclave`, which proves nothing about hardware,
+or a `worker.enclave.tsm.TsmEnclave` in a confidential VM), the chat backends and the agent's
+code measurement.
 
 Everything it hands out is safe for the host to see: envelopes sealed to the client's reply key,
 token counts, a finish reason, a signature. Plaintext (the request body, the answer) never goes
@@ -62,7 +63,7 @@ class _Served:
 
 
 class EnclaveRuntime:
-    def __init__(self, backends: list[Any], *, enclave: SimulatedEnclave | None = None,
+    def __init__(self, backends: list[Any], *, enclave: Any = None,
                  code_measurement: str | None = None) -> None:
         self.enclave = enclave or SimulatedEnclave()
         self.code_measurement = code_measurement or agent_code_measurement()
@@ -84,14 +85,14 @@ class EnclaveRuntime:
 
     def ready_message(self) -> dict[str, Any]:
         """The first line the enclave process writes: its keys, measurement and models."""
-        return {"op": "ready", "kind": KIND, "enclave_key": self.enclave.public_key,
+        return {"op": "ready", "kind": getattr(self.enclave, "kind", KIND), "enclave_key": self.enclave.public_key,
                 "signing_key": self.enclave.signing_key,
                 "code_measurement": self.code_measurement,
                 "models": [{**model.announce(), "confidential": True} for model in self.models]}
 
     def evidence(self, nonce_b64: str, model_digest: str) -> dict[str, Any]:
-        """Simulated evidence binding this enclave's keys, `model_digest`, the code measurement
-        and the verifier's nonce (32 bytes, canonical base64)."""
+        """Evidence (simulated or the hardware's) binding this enclave's keys, `model_digest`, the
+        code measurement and the verifier's nonce (32 bytes, canonical base64)."""
         try:
             nonce = sealing.b64_canonical(nonce_b64, "nonce")
         except sealing.SealingFormatError as error:
