@@ -29,6 +29,7 @@ from worker.backends import BackendError, Finish, ModelInfo, Request
 from worker.commitment import commitment_hash, commitment_inputs, commitment_sign, public_key_text
 from worker.hardware import hardware_info  # noqa: F401  (re-exported: the CLI builds agents from here)
 from worker.prompt import format_chat, job_prompt
+from worker.embedding_jobs import EmbeddingJobs
 from worker.sealed_jobs import SealedJobs
 from worker.validation import can_validate, validation_result
 
@@ -98,7 +99,7 @@ class _Served:
     model: ModelInfo
 
 
-class Agent(SealedJobs):
+class Agent(EmbeddingJobs, SealedJobs):
     def __init__(self, config: AgentConfig, backends: list[Any], hardware: dict[str, Any],
                  rng: random.Random | None = None, enclave: Any = None) -> None:
         """`backends`: Backend and EmbeddingBackend objects; each of their models is served.
@@ -259,20 +260,6 @@ class Agent(SealedJobs):
         task = asyncio.create_task(self._run_job(ws, job_id, served, request, params, cancel))
         self._job = _Job(job_id, cancel, task)
 
-    async def _on_embed(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
-        job_id = frame.get("job_id")
-        if not isinstance(job_id, str):
-            log.warning("ignoring embed.assign without a job_id")
-            return
-        refusal, served = self._check_embed(frame)
-        if refusal is not None:
-            await self._refuse(ws, job_id, refusal)
-            return
-        assert served is not None
-        cancel = threading.Event()
-        task = asyncio.create_task(self._run_embed(ws, job_id, served, frame["input"], cancel))
-        self._job = _Job(job_id, cancel, task)
-
     async def _on_validate(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         """Re-execute another worker's job and score its claimed output (worker/validation.py)."""
         job_id = frame.get("job_id")
@@ -352,21 +339,6 @@ class Agent(SealedJobs):
         except (TypeError, AttributeError) as exc:
             return ("invalid_job", f"messages could not be formatted: {exc}"), None, None
         return None, served, Request(messages=messages)
-
-    def _check_embed(self, frame: dict[str, Any]) -> tuple[tuple[str, str] | None, _Served | None]:
-        if self._job is not None:
-            return ("busy", f"worker is running job {self._job.id}"), None
-        served = self._find(frame, "embedding")
-        if served is None:
-            return self._unavailable("embedding"), None
-        inputs = frame.get("input")
-        if not isinstance(inputs, list) or not inputs or \
-                not all(isinstance(text, str) for text in inputs):
-            return ("invalid_job", "input must be a non-empty list of strings"), None
-        if len(inputs) > protocol.MAX_EMBED_INPUTS:
-            return ("invalid_job", f"at most {protocol.MAX_EMBED_INPUTS} inputs per "
-                                   "embed.assign"), None
-        return None, served
 
     def _on_cancel(self, frame: dict[str, Any]) -> None:
         job = self._job
@@ -456,40 +428,6 @@ class Agent(SealedJobs):
             await _send(ws, {"type": "job.delta", "job_id": job_id, "seq": seq, "text": item})
             pieces.append(item)
             seq += 1
-
-    async def _run_embed(self, ws: ClientConnection, job_id: str, served: _Served,
-                         inputs: list[str], cancel: threading.Event) -> None:
-        started = time.monotonic()
-        try:
-            frame = await self._embed(job_id, served, inputs, cancel)
-            await _send(ws, frame)
-        except ConnectionClosed:
-            log.warning("job %s: connection lost before the embeddings were sent", job_id)
-            return
-        finally:
-            cancel.set()
-            if self._job is not None and self._job.id == job_id:
-                self._job = None
-        if frame["type"] == "embed.done":
-            log.info("job %s: %d embeddings in %.3fs", job_id, len(inputs),
-                     time.monotonic() - started)
-
-    async def _embed(self, job_id: str, served: _Served, inputs: list[str],
-                     cancel: threading.Event) -> dict[str, Any]:
-        """embed.done, or the job.error to send instead. The model runs in a thread."""
-        try:
-            result = await asyncio.to_thread(served.backend.embed, served.model.id, inputs, cancel)
-        except BackendError as exc:
-            log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
-            return {"type": "job.error", "job_id": job_id, "code": exc.code,
-                    "message": exc.message}
-        except Exception as exc:
-            log.exception("job %s: embedding backend failure", job_id)
-            return {"type": "job.error", "job_id": job_id, "code": "backend_error",
-                    "message": f"{type(exc).__name__}: {exc}"}
-        return protocol.embed_done(job_id=job_id, model_digest=served.model.digest,
-                                   data=result.data, prompt_tokens=result.prompt_tokens)
-
 
 async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
     text = protocol.encode(frame)

@@ -470,4 +470,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the processes were stopped on the way out
+        sys.exit(130)
