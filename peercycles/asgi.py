@@ -18,6 +18,10 @@ if settings.PEER_SERVE_STATIC:
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)
 from django.urls import path  # noqa: E402
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from apps.chat.consumers import ChatConsumer  # noqa: E402
 from apps.marketplace.network import NetworkConsumer  # noqa: E402
 from apps.workers.consumers import AgentConsumer  # noqa: E402
 
@@ -25,7 +29,9 @@ application = ProtocolTypeRouter({
     "http": django_asgi_app,
     # Agents authenticate with their worker token in the hello frame, not with cookies,
     # so the agent route has no session or origin middleware.
-    # The network stream is public and read-only.
+    # The network stream is public and read-only. The chat is the signed-in user's: the session
+    # cookie authenticates it, and only pages of this site may open it (the Origin header).
     "websocket": URLRouter([path("ws/agent/", AgentConsumer.as_asgi()),
-                            path("ws/network/", NetworkConsumer.as_asgi())]),
+                            path("ws/network/", NetworkConsumer.as_asgi()),
+                            path("ws/chat/", AllowedHostsOriginValidator(AuthMiddlewareStack(ChatConsumer.as_asgi())))]),
 })

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "apps.marketplace",
     "apps.staking",
     "apps.verification",
+    "apps.chat",
 ]
 
 MIDDLEWARE = [

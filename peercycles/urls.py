@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/staking/", include("apps.staking.urls_api")),
     path("api/workers/", include("apps.workers.urls_api")),
     path("operator/", include("apps.workers.urls")),
+    path("chat/", include("apps.chat.urls")),
     path("treasury/", include("apps.credits.urls_treasury")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),

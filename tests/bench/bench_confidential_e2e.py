@@ -369,8 +369,9 @@ def report(figures: dict, comparison: dict, crypto: dict, body_bytes: int, args)
         print(f"  {label:<29}{row['p50']:+15.1f}{row['p99']:+9.1f}{paired}{both[0]:9.2f}{extra}")
     print("  paired: median of per-request differences (the paths take turns, one request each "
           "per round);\n  hop: verified through the proxy over verified, paired; rest: "
-          "confidential over verified through the proxy, paired, less all the crypto\n  (the enclave's "
-          "process boundary, larger frames, the proxy's per-chunk JSON work)")
+          "confidential over verified through the proxy, paired, less all the crypto:\n  the node's "
+          "confidential path (the enclave pin, its verdict), the host-enclave pipe, larger frames, "
+          "the proxy's JSON per chunk")
     verdict = "within" if both[0] <= TARGET_MS else f"{both[0] / TARGET_MS:.1f}x over"
     print(f"\ntarget: at most {TARGET_MS:.0f} ms of crypto per request at p50: {both[0]:.3f} ms, {verdict}")
 

@@ -1,0 +1,163 @@
+"""The web chat's socket (/ws/chat/): a signed-in user sends a message, the answer's tokens come
+back as they are generated, and "stop" ends it. A message becomes a job exactly as an API call
+does (quote and hold, admission, routing, relay, settlement), charged to the session's user.
+
+Client -> node:  {"type": "send", "conversation": id | null, "model", "tier", "content",
+                  "max_tokens"?}  |  {"type": "stop"}
+Node -> client:  {"type": "started", "conversation", "job_id", "tier"}, {"type": "delta", "text"}*,
+                 then {"type": "done" | "stopped", "job_id", "cost_credits", "balance_credits",
+                 "finish_reason", "proof_url", "worker_id"}
+                 or {"type": "error", "code", "message"}
+                 or {"type": "payment_required", "price_credits", "balance_credits", "buy_url"}
+"""
+
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from apps.credits.pricing import MICRO_PER_CREDIT, micro_to_credits_ceil
+from apps.credits.selectors import balance_get
+from apps.marketplace.admission import job_admit
+from apps.marketplace.errors import ApiError
+from apps.marketplace.relay import JobFailed, JobRelay
+from apps.marketplace.requests import parse_chat_request
+from apps.marketplace.services import InsufficientCredits, job_create
+from apps.marketplace.views_v1 import _entry_and_queue
+
+from .models import Message
+from .selectors import conversation_get, conversation_history
+from .services import conversation_create, message_add
+
+logger = logging.getLogger(__name__)
+CLOSE_NOT_SIGNED_IN = 4401
+MAX_CONTENT = 8_000  # characters of one message
+BROWSER_TIERS = ("open", "verified")  # confidential needs sealing in the page: not built yet
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    answering: asyncio.Task | None = None
+
+    async def connect(self):
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=CLOSE_NOT_SIGNED_IN)
+            return
+        self.user = self.scope["user"]
+        self.relay: JobRelay | None = None
+        await self.accept()
+
+    async def disconnect(self, code):
+        if self.answering is not None:
+            self.answering.cancel()  # the relay's abort charges only what was delivered
+
+    async def receive_json(self, content, **kwargs):
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "stop":
+            if self.answering is not None:
+                self.answering.cancel()
+            return
+        if kind != "send":
+            await self._error("invalid_message", "Send {\"type\": \"send\", ...} or {\"type\": \"stop\"}.")
+            return
+        if self.answering is not None and not self.answering.done():
+            await self._error("busy", "An answer is still coming: stop it or wait for it.")
+            return
+        self.answering = asyncio.create_task(self._answer(content))
+
+    async def _answer(self, request: dict):
+        try:
+            prepared = await database_sync_to_async(self._prepare)(request)
+        except ApiError as exc:
+            await self._error(exc.body()["error"].get("code") or "invalid_request", exc.body()["error"]["message"])
+            return
+        conversation, chat, entry = prepared
+        slot = await job_admit()
+        try:
+            await self._relay(conversation, chat, entry)
+        except ApiError as exc:
+            await self._error(exc.body()["error"].get("code") or "error", exc.body()["error"]["message"])
+        finally:
+            slot.release()
+
+    def _prepare(self, request: dict):
+        """The conversation (new or the user's own), the user's message saved, the chat request
+        and its catalogue entry. Raises ApiError in OpenAI's words."""
+        content, tier = request.get("content"), request.get("tier", "verified")
+        if not isinstance(content, str) or not content.strip() or len(content) > MAX_CONTENT:
+            raise ApiError(400, f"A message is 1 to {MAX_CONTENT} characters.", code="invalid_content")
+        if tier not in BROWSER_TIERS:
+            raise ApiError(400, "Confidential chat in the browser is not built yet: the page would have to seal "
+                           "the prompt itself. Use the client proxy (python -m client proxy) with any OpenAI "
+                           "client.", code="unsupported_tier")
+        conversation = None
+        if request.get("conversation") is not None:
+            conversation = conversation_get(user=self.user, conversation_id=request["conversation"])
+            if conversation is None:
+                raise ApiError(404, "No such conversation of yours.", code="conversation_not_found")
+        max_tokens = request.get("max_tokens", settings.PEER_DEFAULT_MAX_TOKENS)
+        history = conversation_history(conversation=conversation) if conversation else []
+        body = {"model": request.get("model"), "peer_tier": tier, "max_tokens": max_tokens, "stream": True,
+                "messages": history + [{"role": "user", "content": content}]}
+        chat = parse_chat_request(json.dumps(body).encode(), default_tier="verified",
+                                  default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
+                                  max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
+        entry, waiting = _entry_and_queue(name=chat.model, tier=tier)
+        if entry is None or entry.kind != "chat":
+            raise ApiError(404, f"No chat model {chat.model!r} on this network.", code="model_not_found")
+        if waiting >= settings.PEER_QUEUE_LIMIT:
+            raise ApiError(429, "Too many requests are waiting for this model; retry shortly.", code="queue_full")
+        conversation = conversation or conversation_create(user=self.user, first_message=content)
+        message_add(conversation=conversation, role=Message.Role.USER, content=content)
+        return conversation, chat, entry
+
+    async def _relay(self, conversation, chat, entry):
+        try:
+            job = await database_sync_to_async(job_create)(user=self.user, chat=chat, entry=entry)
+        except InsufficientCredits as short:
+            await self.send_json({"type": "payment_required", "price_credits": micro_to_credits_ceil(short.price),
+                                  "balance_credits": short.available // MICRO_PER_CREDIT, "buy_url": "/credits/buy"})
+            return
+        relay = JobRelay(job=job, entry=entry, route=chat.route)
+        try:
+            await relay.start()
+            await self.send_json({"type": "started", "conversation": conversation.id, "job_id": str(job.id),
+                                  "tier": chat.tier})
+            async for text in relay.deltas():
+                await self.send_json({"type": "delta", "text": text})
+            await self._finish(conversation, relay, "done")
+        except JobFailed as exc:
+            await self._error(exc.code, exc.message)
+        except asyncio.CancelledError:  # stop, or the page went away
+            await asyncio.shield(self._stop(conversation, relay))
+        finally:
+            await relay.close()
+
+    async def _stop(self, conversation, relay: JobRelay):
+        # abandon, not abort: a stop during routing may leave a worker claimed for the job.
+        await relay.abandon("stopped by the user")
+        await self._finish(conversation, relay, "stopped")
+
+    async def _finish(self, conversation, relay: JobRelay, kind: str):
+        job = relay.job
+        text = "".join(relay.text_parts)
+        balance = await database_sync_to_async(_record_answer)(conversation=conversation, job=job, text=text)
+        try:
+            await self.send_json({
+                "type": kind, "job_id": str(job.id), "finish_reason": job.finish_reason or kind,
+                "cost_credits": micro_to_credits_ceil(job.charged_amount or 0), "balance_credits": balance,
+                "worker_id": str(job.worker_id) if job.worker_id else None,
+                "verification": job.verification_status or None, "proof_url": f"/v1/jobs/{job.id}/proof"})
+        except Exception:  # noqa: BLE001 - the page left: the answer is saved all the same
+            logger.info("chat: the page left before job %s's %s was sent", job.id, kind)
+
+    async def _error(self, code: str, message: str):
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+
+def _record_answer(*, conversation, job, text: str) -> int:
+    if text:
+        message_add(conversation=conversation, role=Message.Role.ASSISTANT, content=text, job=job)
+    return balance_get(user=job.user) // MICRO_PER_CREDIT

@@ -1,0 +1,26 @@
+"""The chat page: conversations, a model and tier picker, and the socket that streams answers
+(consumers.py)."""
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import render
+
+from apps.credits.pricing import MICRO_PER_CREDIT
+from apps.credits.selectors import balance_get
+
+from .selectors import chat_models, conversation_get, conversations_list
+
+
+@login_required
+def chat(request, conversation_id=None):
+    conversation = None
+    if conversation_id is not None:
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        if conversation is None:
+            raise Http404("No such conversation of yours.")
+    return render(request, "chat/chat.html", {
+        "conversation": conversation,
+        "messages": conversation.messages.select_related("job") if conversation else [],
+        "conversations": conversations_list(user=request.user), "models": chat_models(),
+        "balance_credits": balance_get(user=request.user) // MICRO_PER_CREDIT,
+    })

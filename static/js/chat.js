@@ -1,0 +1,134 @@
+// The chat page: one WebSocket to /ws/chat/ (apps/chat/consumers.py), tokens appended as they
+// arrive, a stop button, and the 402 turned into "buy credits" with the USDC instructions.
+(function () {
+  "use strict";
+  const root = document.getElementById("chat");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("content");
+  const send = document.getElementById("send");
+  const stop = document.getElementById("stop");
+  const status = document.getElementById("status");
+  const list = document.getElementById("messages");
+  const payment = document.getElementById("payment");
+  let conversation = root.dataset.conversation || null;
+  let answer = null;  // the <li> being streamed into
+  let socket = null;
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}${root.dataset.socket}`);
+    socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+    socket.addEventListener("close", () => {
+      busy(false);
+      status.textContent = "Disconnected; reconnecting…";
+      setTimeout(connect, 2000);
+    });
+    socket.addEventListener("open", () => { status.textContent = ""; });
+  }
+
+  function bubble(role, text) {
+    const item = document.createElement("li");
+    item.className = `message ${role}`;
+    const body = document.createElement("div");
+    body.className = "text";
+    body.textContent = text;
+    item.appendChild(body);
+    list.appendChild(item);
+    item.scrollIntoView({block: "end"});
+    return item;
+  }
+
+  function busy(on) {
+    send.disabled = on;
+    stop.hidden = !on;
+  }
+
+  function handle(message) {
+    if (message.type === "started") {
+      conversation = message.conversation;
+      history.replaceState(null, "", `/chat/${conversation}/`);
+      status.textContent = `Routed (${message.tier}); generating…`;
+    } else if (message.type === "delta") {
+      answer.querySelector(".text").textContent += message.text;
+    } else if (message.type === "done" || message.type === "stopped") {
+      const meta = document.createElement("p");
+      meta.className = "meta";
+      meta.innerHTML = `${message.cost_credits} credits · <a href="${message.proof_url}">proof</a>`;
+      answer.appendChild(meta);
+      document.getElementById("balance").textContent = message.balance_credits;
+      status.textContent = message.type === "stopped" ? "Stopped." : "";
+      busy(false);
+    } else if (message.type === "payment_required") {
+      status.textContent = "Not enough credits.";
+      offerCredits(message);
+      answer.remove();
+      busy(false);
+    } else if (message.type === "error") {
+      if (answer && !answer.querySelector(".text").textContent) answer.remove();
+      status.textContent = `Error (${message.code}): ${message.message}`;
+      busy(false);
+    }
+  }
+
+  function offerCredits(message) {
+    payment.hidden = false;
+    payment.innerHTML = "";
+    const text = document.createElement("p");
+    text.textContent = `This message is quoted at ${message.price_credits} credits; you have ${message.balance_credits}.`;
+    const buy = document.createElement("button");
+    buy.type = "button";
+    buy.textContent = "Buy 10 USDC of credits";
+    buy.addEventListener("click", () => buyCredits(10));
+    payment.append(text, buy);
+  }
+
+  async function buyCredits(usdc) {
+    const csrf = document.cookie.split("; ").find((c) => c.startsWith("csrftoken="));
+    const response = await fetch(root.dataset.buy || "/credits/buy", {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": csrf ? csrf.split("=")[1] : ""},
+      body: JSON.stringify({account: "me", usdc: usdc}),
+    });
+    const body = await response.json();
+    const out = document.createElement("div");
+    if (!response.ok) {
+      out.textContent = body.error ? body.error.message : `The node refused the purchase (${response.status}).`;
+    } else {
+      out.innerHTML = "<p>Pay with any Solana wallet (Solana Pay):</p>";
+      const facts = document.createElement("dl");
+      for (const [label, value] of [["Amount", `${body.usdc} USDC`], ["To", body.recipient],
+                                    ["Token (mint)", body.mint], ["Reference", body.reference]]) {
+        const term = document.createElement("dt"); term.textContent = label;
+        const detail = document.createElement("dd"); detail.textContent = value;
+        facts.append(term, detail);
+      }
+      const link = document.createElement("a");
+      link.href = body.url; link.textContent = "Open in a wallet";
+      out.append(facts, link);
+    }
+    payment.appendChild(out);
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const content = input.value.trim();
+    if (!content || send.disabled || !socket || socket.readyState !== WebSocket.OPEN) return;
+    payment.hidden = true;
+    bubble("user", content);
+    answer = bubble("assistant", "");
+    input.value = "";
+    busy(true);
+    status.textContent = "Waiting for a worker…";
+    socket.send(JSON.stringify({type: "send", conversation: conversation ? Number(conversation) : null,
+                                model: document.getElementById("model").value,
+                                tier: document.getElementById("tier").value, content: content}));
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  stop.addEventListener("click", () => socket.send(JSON.stringify({type: "stop"})));
+  connect();
+})();

@@ -1,0 +1,130 @@
+"""The web chat in a real browser: Debian's Chromium, headless, driven by Playwright, against the
+real node (daphne) and a real agent running the built-in model. Each test saves screenshots under
+test-output/.
+
+Sign up, meet "buy credits" with no credits, get credits, send with the keyboard, watch the answer
+arrive in pieces, see its cost and proof, and stop a long answer midway.
+"""
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from apps.credits.services import credits_grant
+from django.contrib.auth import get_user_model
+
+from .conftest import OUTPUT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def in_thread(function, **kwargs):
+    """Run an ORM call off Playwright's thread, whose event loop Django would refuse to share."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, **kwargs).result()
+
+
+@pytest.fixture
+def browser():
+    """Per test, and set up after the database fixtures: while Playwright runs, its event loop
+    is this thread's, and Django refuses ORM calls here (in_thread runs them elsewhere)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which("chromium") and not __import__("os").path.exists(CHROMIUM):
+        pytest.fail("Chromium is missing: the test setup installs Debian's chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+def _sign_up(page, node_url, email):
+    page.goto(f"{node_url}/accounts/signup/")
+    page.get_by_label("Email").fill(email)
+    page.locator("input[name=password1]").fill("a long enough passphrase 42")
+    page.locator("input[name=password2]").fill("a long enough passphrase 42")
+    page.locator("form button[type=submit], form input[type=submit]").last.click()
+    page.wait_for_url(f"{node_url}/account/")
+
+
+def _send(page, text):
+    page.get_by_label("Message").fill(text)
+    page.get_by_label("Message").press("Enter")  # the keyboard sends
+
+
+def _answer_lengths(page, timeout=120.0):
+    """How long the streamed answer was at each poll, until its cost line appears."""
+    answer = page.locator(".message.assistant").last
+    lengths, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lengths.append(len(answer.locator(".text").inner_text()))
+        if answer.locator(".meta").count():
+            return lengths
+        time.sleep(0.03)
+    raise AssertionError(f"no answer finished in {timeout}s; lengths seen {lengths[-5:]}")
+
+
+def test_sign_up_buy_credits_then_chat_streams_with_cost_and_proof(node_url, catalogue, agent_process, browser):
+    page = browser.new_page()
+    _sign_up(page, node_url, "carol@example.org")
+
+    page.goto(f"{node_url}/chat/")
+    page.get_by_label("Tier").select_option("open")
+    _send(page, "Hello!")
+    page.locator("#payment").wait_for(state="visible", timeout=30_000)
+    assert "quoted at" in page.locator("#payment").inner_text()
+    page.get_by_role("button", name="Buy 10 USDC of credits").click()
+    page.locator("#payment div").wait_for(timeout=30_000)  # the node's instructions (or why it has none)
+    page.screenshot(path=OUTPUT / "chat-buy-credits.png")
+
+    user = in_thread(lambda: get_user_model().objects.get(email="carol@example.org"))
+    in_thread(credits_grant, user=user, credits=500, memo="test: stands in for a USDC deposit")
+    page.reload()
+    page.get_by_label("Tier").select_option("open")
+    _send(page, "Count from 1 to 20, separated by commas.")
+    lengths = _answer_lengths(page)
+    page.screenshot(path=OUTPUT / "chat-streamed.png")
+
+    growing = [n for n in dict.fromkeys(lengths) if n > 0]
+    assert len(growing) >= 3 and growing == sorted(growing), lengths  # it arrived in pieces, in order
+    answer = page.locator(".message.assistant").last
+    assert "credits" in answer.locator(".meta").inner_text()
+    assert answer.locator(".meta a", has_text="proof").get_attribute("href").startswith("/v1/jobs/")
+    assert int(page.locator("#balance").inner_text()) < 500
+    assert page.url.startswith(f"{node_url}/chat/") and page.url.rstrip("/").split("/")[-1].isdigit()
+
+
+def test_stop_ends_a_long_answer_midway_and_charges_what_was_delivered(node_url, catalogue, agent_process, browser):
+    page = browser.new_page()
+    _sign_up(page, node_url, "dave@example.org")
+    user = in_thread(lambda: get_user_model().objects.get(email="dave@example.org"))
+    in_thread(credits_grant, user=user, credits=500)
+    page.goto(f"{node_url}/chat/")
+    page.get_by_label("Tier").select_option("open")
+
+    _send(page, "Write a very long story about a lighthouse keeper, in many chapters.")
+    answer = page.locator(".message.assistant").last
+    answer.locator(".text").filter(has_text=" ").wait_for(timeout=60_000)  # some words arrived
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped.").wait_for(timeout=30_000)
+    stopped_at = len(answer.locator(".text").inner_text())
+    time.sleep(1.0)
+    page.screenshot(path=OUTPUT / "chat-stopped.png")
+
+    assert len(answer.locator(".text").inner_text()) == stopped_at  # nothing more came
+    assert page.get_by_role("button", name="Send").is_enabled()
+    assert "credits" in answer.locator(".meta").inner_text()
+
+
+def test_the_page_has_labelled_controls(node_url, catalogue, browser):
+    page = browser.new_page()
+    _sign_up(page, node_url, "erin@example.org")
+    page.goto(f"{node_url}/chat/")
+
+    for label in ("Model", "Tier", "Message"):
+        assert page.get_by_label(label).count() == 1, label
+    assert page.get_by_role("button", name="Send").is_visible()
+    assert page.get_by_role("link", name="New conversation").is_visible()
