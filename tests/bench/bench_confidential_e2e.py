@@ -11,8 +11,8 @@ at a time, with the official `openai` SDK as the client:
                 verify the enclave's signature) -> node -> agent's host process -> its enclave
                 process (`--enclave simulated --backend openai`) -> mock -> back, sealed
 
-each streamed and not, same prompt and max_tokens, the paths interleaved request by request so
-the machine's noise falls on all of them. Prints p50/p99 of the total time and of the time to
+each streamed and not, same prompt and max_tokens, the paths taking turns one request at a time
+so the machine's noise falls on all of them. Prints p50/p99 of the total time and of the time to
 the first content chunk per path, the confidential tier's added latency over the verified tier,
 and next to it the crypto of one request of the same size measured on the code path of
 tests/bench/bench_confidential.py (its one_request), so the reader sees how much of the difference
@@ -225,20 +225,21 @@ def answer_complete(text: str, max_tokens: int) -> bool:
     return [int(n) for n in re.findall(r"<(\d+)@", text)] == list(range(max_tokens))
 
 
-def one(path: Route, mode: str, max_tokens: int) -> Sample:
+def one(route: Route, mode: str, max_tokens: int) -> Sample:
     """One request; ok only if the whole answer came back and, confidential, the proxy verified
     the enclave's signature."""
-    ask = dict(model=path.model, max_tokens=max_tokens, temperature=0, seed=7, extra_body=path.extra_body,
-               messages=[{"role": "user", "content": PROMPT}])
+    ask = dict(model=route.model, max_tokens=max_tokens, temperature=0, seed=7,
+               extra_body=route.extra_body, messages=[{"role": "user", "content": PROMPT}])
     clock = time.perf_counter
     started = clock()
     if mode == "non-streamed":
-        completion = path.client.chat.completions.create(**ask)
+        completion = route.client.chat.completions.create(**ask)
         total = clock() - started
-        text, first, peer = completion.choices[0].message.content or "", None, (completion.model_extra or {}).get("peer")
+        text, first = completion.choices[0].message.content or "", None
+        peer = (completion.model_extra or {}).get("peer")
     else:
         text, first, peer = "", None, None
-        for chunk in path.client.chat.completions.create(**ask, stream=True):
+        for chunk in route.client.chat.completions.create(**ask, stream=True):
             if chunk.choices and chunk.choices[0].delta.content:
                 if first is None:
                     first = clock() - started
@@ -246,28 +247,28 @@ def one(path: Route, mode: str, max_tokens: int) -> Sample:
             peer = (chunk.model_extra or {}).get("peer") or peer
         total = clock() - started
     ok = answer_complete(text, max_tokens)
-    if path.name == "confidential":
+    if route.name == "confidential":
         ok = ok and bool(((peer or {}).get("verified") or {}).get("signature"))
-    elif path.name.startswith("verified"):
+    elif route.name.startswith("verified"):
         ok = ok and (peer or {}).get("tier") == "verified"
     return Sample(total, first, ok)
 
 
-def measure(paths: list[Route], args) -> dict[str, dict[str, list[Sample]]]:
+def measure(routes: list[Route], args) -> dict[str, dict[str, list[Sample]]]:
     """Warm every path and mode (the confidential one's first request attests and fills the
     proxy's cache), then interleave in rounds: request i of every path before request i + 1 of
     any."""
-    samples = {path.name: {mode: [] for mode in MODES} for path in paths}
+    samples = {route.name: {mode: [] for mode in MODES} for route in routes}
     for mode in MODES:
-        for path in paths:
+        for route in routes:
             for _ in range(args.warmup):
-                if not one(path, mode, args.max_tokens).ok:
-                    raise SystemExit(f"{path.name} {mode}: the warm-up request came back incomplete; "
+                if not one(route, mode, args.max_tokens).ok:
+                    raise SystemExit(f"{route.name} {mode}: the warm-up request came back incomplete; "
                                      f"see {LOGS}")
         for index in range(args.requests):
             # Each round starts with another path, so none always runs first after a pause.
-            for path in paths[index % len(paths):] + paths[:index % len(paths)]:
-                samples[path.name][mode].append(one(path, mode, args.max_tokens))
+            for route in routes[index % len(routes):] + routes[:index % len(routes)]:
+                samples[route.name][mode].append(one(route, mode, args.max_tokens))
         print(f"  {mode}: {args.requests} requests per path done", flush=True)
     return samples
 
@@ -278,8 +279,9 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def crypto_per_request(max_tokens: int, runs: int) -> tuple[dict[str, tuple[float, float]], int]:
-    """(p50/p99 ms per side and both, body bytes) of bench_confidential.one_request for an answer of max_tokens pieces the size of
-    the mock's tokens and a sealed body the size of this run's (as the proxy seals it)."""
+    """(p50/p99 ms of the client's, the enclave's and both sides' crypto, body bytes) of
+    bench_confidential.one_request, for an answer of max_tokens pieces the size of the mock's
+    tokens and a sealed body the size of this run's (as the proxy seals it)."""
     from client.attestation.simulated import SimulatedEnclave
     from tests.bench.bench_confidential import WARMUP, attested, one_request
     from tests.bench.paced_openai import token_text
@@ -356,7 +358,8 @@ def report(figures: dict, comparison: dict, crypto: dict, body_bytes: int, args)
     print(f"\n{'path':<16}{'mode':<14}{'ok':>5}{'failed':>7}{'total p50':>11}{'p99':>7}"
           f"{'TTFT p50':>11}{'p99':>7}   (ms)")
     for (name, mode), row in figures.items():
-        print(f"{name:<16}{mode:<14}{row['n']:>5}{row['failed']:>7}  {cell(row['total'])}  {cell(row['first'])}")
+        print(f"{name:<16}{mode:<14}{row['n']:>5}{row['failed']:>7}  {cell(row['total'])}  "
+              f"{cell(row['first'])}")
     both = crypto["both"]
     print(f"\ncrypto of one request on bench_confidential's code path ({args.max_tokens} pieces, "
           f"{body_bytes}-byte sealed body): p50 {both[0]:.3f} ms, p99 {both[1]:.3f} ms "
@@ -427,8 +430,9 @@ def run(args, stack: Stack) -> tuple[dict, float]:
              "verified+proxy": Route("verified+proxy", sdk(proxy_url, "unused"), PUBLIC_MODEL,
                                      {"peer_tier": "verified"}),
              "confidential": Route("confidential", sdk(proxy_url, "unused"), PUBLIC_MODEL)}
+    model_ms = args.max_tokens / args.tokens_per_second * 1000 if args.tokens_per_second else 0
     print(f"mock at {args.tokens_per_second:g} tokens/s, {args.max_tokens} tokens an answer "
-          f"(the model's own time {args.max_tokens / args.tokens_per_second * 1000 if args.tokens_per_second else 0:.0f} ms); "
+          f"(the model's own time {model_ms:.0f} ms); "
           f"verified tier: a bonded worker; confidential: a SIMULATED enclave; proxy in this process, "
           f"attestation cached for the run", flush=True)
     started = time.monotonic()
@@ -465,7 +469,8 @@ def main() -> None:
     print(f"\nmeasured in {seconds:.0f} s; after the run: {machine()}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (LOGS / f"results-{stamp}.json").write_text(json.dumps(
-        {"args": vars(args), "reproduce": reproduce(args), "machine": machine(), "crypto_ms": crypto, "sealed_body_bytes": body_bytes, "added_ms": comparison,
+        {"args": vars(args), "reproduce": reproduce(args), "machine": machine(), "crypto_ms": crypto,
+         "sealed_body_bytes": body_bytes, "added_ms": comparison,
          "figures": {f"{name} {mode}": row for (name, mode), row in figures.items()}}, indent=1))
     print(f"figures saved in {LOGS / f'results-{stamp}.json'}")
 
