@@ -4,11 +4,19 @@ does (quote and hold, admission, routing, relay, settlement), charged to the ses
 
 Client -> node:  {"type": "send", "conversation": id | null, "model", "tier", "content",
                   "max_tokens"?}  |  {"type": "stop"}
-Node -> client:  {"type": "started", "conversation", "job_id", "tier"}, {"type": "delta", "text"}*,
+                 confidential: {"type": "send", "tier": "confidential", "conversation", "model",
+                  "max_tokens"?, "peer_sealed"} and no content: the page sealed it to an enclave it
+                  verified itself (static/js/confidential.js, docs/confidential.md)
+Node -> client:  {"type": "started", "conversation", "job_id", "tier"}, {"type": "delta", "text"}*
+                 (confidential: {"type": "sealed_delta", "seq", "sealed"}*),
                  then {"type": "done" | "stopped", "job_id", "cost_credits", "balance_credits",
-                 "finish_reason", "proof_url", "worker_id"}
+                 "finish_reason", "proof_url", "worker_id"} (confidential: plus "enclave_signature"
+                 and "attestation")
                  or {"type": "error", "code", "message"}
                  or {"type": "payment_required", "price_credits", "balance_credits", "buy_url"}
+
+A confidential conversation keeps no messages on the node: their text exists only sealed, so the
+page holds them (and seals the history with each new message).
 """
 
 import asyncio
@@ -22,9 +30,10 @@ from django.conf import settings
 from apps.credits.pricing import MICRO_PER_CREDIT, micro_to_credits_ceil
 from apps.credits.selectors import balance_get
 from apps.marketplace.admission import job_admit
+from apps.marketplace.confidential import sealed_job_create
 from apps.marketplace.errors import ApiError
 from apps.marketplace.relay import JobFailed, JobRelay
-from apps.marketplace.requests import parse_chat_request
+from apps.marketplace.requests import parse_chat_request, parse_sealed_chat_request
 from apps.marketplace.services import InsufficientCredits, job_create
 from apps.marketplace.views_v1 import _entry_and_queue
 
@@ -35,7 +44,8 @@ from .services import conversation_create, message_add
 logger = logging.getLogger(__name__)
 CLOSE_NOT_SIGNED_IN = 4401
 MAX_CONTENT = 8_000  # characters of one message
-BROWSER_TIERS = ("open", "verified")  # confidential needs sealing in the page: not built yet
+BROWSER_TIERS = ("open", "verified")  # and confidential, sealed by the page (_prepare_sealed)
+CONFIDENTIAL_TITLE = "Confidential conversation"
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -68,8 +78,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.answering = asyncio.create_task(self._answer(content))
 
     async def _answer(self, request: dict):
+        prepare = self._prepare_sealed if request.get("tier") == "confidential" else self._prepare
         try:
-            prepared = await database_sync_to_async(self._prepare)(request)
+            prepared = await database_sync_to_async(prepare)(request)
         except ApiError as exc:
             await self._error(exc.body()["error"].get("code") or "invalid_request", exc.body()["error"]["message"])
             return
@@ -89,14 +100,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(content, str) or not content.strip() or len(content) > MAX_CONTENT:
             raise ApiError(400, f"A message is 1 to {MAX_CONTENT} characters.", code="invalid_content")
         if tier not in BROWSER_TIERS:
-            raise ApiError(400, "Confidential chat in the browser is not built yet: the page would have to seal "
-                           "the prompt itself. Use the client proxy (python -m client proxy) with any OpenAI "
-                           "client.", code="unsupported_tier")
-        conversation = None
-        if request.get("conversation") is not None:
-            conversation = conversation_get(user=self.user, conversation_id=request["conversation"])
-            if conversation is None:
-                raise ApiError(404, "No such conversation of yours.", code="conversation_not_found")
+            raise ApiError(400, f"'tier' must be one of {', '.join(BROWSER_TIERS)} or confidential.",
+                           code="unsupported_tier")
+        conversation = self._conversation(request)
         max_tokens = request.get("max_tokens", settings.PEER_DEFAULT_MAX_TOKENS)
         history = conversation_history(conversation=conversation) if conversation else []
         body = {"model": request.get("model"), "peer_tier": tier, "max_tokens": max_tokens, "stream": True,
@@ -104,18 +110,37 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         chat = parse_chat_request(json.dumps(body).encode(), default_tier="verified",
                                   default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
                                   max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
-        entry, waiting = _entry_and_queue(name=chat.model, tier=tier)
-        if entry is None or entry.kind != "chat":
-            raise ApiError(404, f"No chat model {chat.model!r} on this network.", code="model_not_found")
-        if waiting >= settings.PEER_QUEUE_LIMIT:
-            raise ApiError(429, "Too many requests are waiting for this model; retry shortly.", code="queue_full")
+        entry = _chat_entry(chat)
         conversation = conversation or conversation_create(user=self.user, first_message=content)
         message_add(conversation=conversation, role=Message.Role.USER, content=content)
         return conversation, chat, entry
 
+    def _prepare_sealed(self, request: dict):
+        """As _prepare for a message the page sealed: no content reaches the node to be saved."""
+        if "content" in request:
+            raise ApiError(400, "A confidential message travels sealed only: send peer_sealed, not content.",
+                           code="plaintext_in_confidential_request")
+        conversation = self._conversation(request)
+        body = {"model": request.get("model"), "peer_tier": "confidential", "stream": True,
+                "max_tokens": request.get("max_tokens", settings.PEER_DEFAULT_MAX_TOKENS),
+                "peer_sealed": request.get("peer_sealed")}
+        chat = parse_sealed_chat_request(json.dumps(body).encode(), default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
+                                         max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
+        entry = _chat_entry(chat)
+        return conversation or conversation_create(user=self.user, first_message=CONFIDENTIAL_TITLE), chat, entry
+
+    def _conversation(self, request: dict):
+        if request.get("conversation") is None:
+            return None
+        conversation = conversation_get(user=self.user, conversation_id=request["conversation"])
+        if conversation is None:
+            raise ApiError(404, "No such conversation of yours.", code="conversation_not_found")
+        return conversation
+
     async def _relay(self, conversation, chat, entry):
         try:
-            job = await database_sync_to_async(job_create)(user=self.user, chat=chat, entry=entry)
+            create = sealed_job_create if chat.sealed is not None else job_create
+            job = await database_sync_to_async(create)(user=self.user, chat=chat, entry=entry)
         except InsufficientCredits as short:
             await self.send_json({"type": "payment_required", "price_credits": micro_to_credits_ceil(short.price),
                                   "balance_credits": short.available // MICRO_PER_CREDIT, "buy_url": "/credits/buy"})
@@ -125,8 +150,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await relay.start()
             await self.send_json({"type": "started", "conversation": conversation.id, "job_id": str(job.id),
                                   "tier": chat.tier})
-            async for text in relay.deltas():
-                await self.send_json({"type": "delta", "text": text})
+            async for piece in relay.deltas():
+                if isinstance(piece, dict):  # sealed by the enclave for the page's reply key
+                    await self.send_json({"type": "sealed_delta", "seq": len(relay.sealed_parts) - 1,
+                                          "sealed": piece})
+                else:
+                    await self.send_json({"type": "delta", "text": piece})
             await self._finish(conversation, relay, "done")
         except JobFailed as exc:
             await self._error(exc.code, exc.message)
@@ -144,17 +173,29 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         job = relay.job
         text = "".join(relay.text_parts)
         balance = await database_sync_to_async(_record_answer)(conversation=conversation, job=job, text=text)
+        proof = job.commitment if job.sealed is not None and job.commitment else {}
         try:
             await self.send_json({
                 "type": kind, "job_id": str(job.id), "finish_reason": job.finish_reason or kind,
                 "cost_credits": micro_to_credits_ceil(job.charged_amount or 0), "balance_credits": balance,
                 "worker_id": str(job.worker_id) if job.worker_id else None,
-                "verification": job.verification_status or None, "proof_url": f"/v1/jobs/{job.id}/proof"})
+                "verification": job.verification_status or None, "proof_url": f"/v1/jobs/{job.id}/proof",
+                **({"enclave_signature": proof.get("enclave_signature"), "attestation": proof.get("attestation")}
+                   if job.sealed is not None else {})})
         except Exception:  # noqa: BLE001 - the page left: the answer is saved all the same
             logger.info("chat: the page left before job %s's %s was sent", job.id, kind)
 
     async def _error(self, code: str, message: str):
         await self.send_json({"type": "error", "code": code, "message": message})
+
+
+def _chat_entry(chat):
+    entry, waiting = _entry_and_queue(name=chat.model, tier=chat.tier)
+    if entry is None or entry.kind != "chat":
+        raise ApiError(404, f"No chat model {chat.model!r} on this network.", code="model_not_found")
+    if waiting >= settings.PEER_QUEUE_LIMIT:
+        raise ApiError(429, "Too many requests are waiting for this model; retry shortly.", code="queue_full")
+    return entry
 
 
 def _record_answer(*, conversation, job, text: str) -> int:

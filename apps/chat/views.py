@@ -2,8 +2,12 @@
 (consumers.py)."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from apps.marketplace.errors import ApiError
+from apps.verification.views_attestation import attestation_listing
 
 from apps.credits.pricing import MICRO_PER_CREDIT
 from apps.credits.selectors import balance_get
@@ -24,3 +28,14 @@ def chat(request, conversation_id=None):
         "conversations": conversations_list(user=request.user), "models": chat_models(),
         "balance_credits": balance_get(user=request.user) // MICRO_PER_CREDIT,
     })
+
+
+@login_required
+@require_GET
+async def attestation(request):
+    """GET /v1/attestation for the signed-in page, which verifies the evidence itself before it
+    seals a confidential message (static/js/confidential.js)."""
+    try:
+        return JsonResponse(await attestation_listing(request.GET.get("model"), request.GET.get("nonce")))
+    except ApiError as exc:
+        return exc.response()

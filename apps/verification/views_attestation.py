@@ -31,7 +31,12 @@ async def attestation(request):
     if request.method != "GET":
         raise ApiError(405, "Use GET.", code="method_not_allowed")
     await api_user(request)
-    name, nonce = request.GET.get("model"), request.GET.get("nonce")
+    return JsonResponse(await attestation_listing(request.GET.get("model"), request.GET.get("nonce")))
+
+
+async def attestation_listing(name, nonce) -> dict:
+    """The body of GET /v1/attestation (also the chat page's, for a signed-in user); raises
+    ApiError."""
     if not name:
         raise ApiError(400, "'model' is required: GET /v1/attestation?model=NAME.", param="model",
                        code="missing_required_parameter")
@@ -49,9 +54,8 @@ async def attestation(request):
         if not enclaves:
             raise ApiError(503, f"No enclave serving {name} answered the challenge in time; retry shortly.",
                            code="no_attested_enclave", headers={"Retry-After": "10"})
-    return JsonResponse({"object": "attestation", "model": name, "nonce": nonce,
-                         "enclaves": [{key: value for key, value in enclave.items() if key != "channel"}
-                                      for enclave in enclaves]})
+    return {"object": "attestation", "model": name, "nonce": nonce,
+            "enclaves": [{key: value for key, value in enclave.items() if key != "channel"} for enclave in enclaves]}
 
 
 def _attested_enclaves(*, name: str) -> list[dict]:

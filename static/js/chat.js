@@ -1,7 +1,9 @@
 // The chat page: one WebSocket to /ws/chat/ (apps/chat/consumers.py), tokens appended as they
-// arrive, a stop button, and the 402 turned into "buy credits" with the USDC instructions.
-(function () {
-  "use strict";
+// arrive, a stop button, and the 402 turned into "buy credits" with the USDC instructions. A
+// confidential message is sealed here (confidential.js) and its answer opened here.
+import * as confidential from "./confidential.js";
+
+{
   const root = document.getElementById("chat");
   const form = document.getElementById("composer");
   const input = document.getElementById("content");
@@ -13,6 +15,9 @@
   let conversation = root.dataset.conversation || null;
   let answer = null;  // the <li> being streamed into
   let socket = null;
+  let sealed = null;  // the confidential message in flight: its enclave, body and opener
+  let opening = Promise.resolve();  // sealed pieces are opened strictly in order
+  const sealedHistory = [];  // a confidential conversation's messages live only in this page
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -50,24 +55,63 @@
       status.textContent = `Routed (${message.tier}); generating…`;
     } else if (message.type === "delta") {
       answer.querySelector(".text").textContent += message.text;
+    } else if (message.type === "sealed_delta") {
+      const target = answer;
+      opening = opening.then(async () => {
+        target.querySelector(".text").textContent += await sealed.opener.open(message.sealed);
+      }).catch((error) => { status.textContent = `A sealed piece did not open: ${error.message}`; });
     } else if (message.type === "done" || message.type === "stopped") {
       const meta = document.createElement("p");
       meta.className = "meta";
       meta.innerHTML = `${message.cost_credits} credits · <a href="${message.proof_url}">proof</a>`;
       answer.appendChild(meta);
+      if (sealed) finishSealed(message, answer, meta);
       document.getElementById("balance").textContent = message.balance_credits;
       status.textContent = message.type === "stopped" ? "Stopped." : "";
       busy(false);
     } else if (message.type === "payment_required") {
+      sealed = null;
       status.textContent = "Not enough credits.";
       offerCredits(message);
       answer.remove();
       busy(false);
     } else if (message.type === "error") {
+      sealed = null;
       if (answer && !answer.querySelector(".text").textContent) answer.remove();
       status.textContent = `Error (${message.code}): ${message.message}`;
       busy(false);
     }
+  }
+
+  // The enclave's signature over the sealed request and the opened answer, checked here.
+  function finishSealed(message, item, meta) {
+    const inFlight = sealed;
+    sealed = null;
+    opening = opening.then(async () => {
+      const text = item.querySelector(".text").textContent;
+      const ok = await confidential.signatureOk(inFlight.enclave, message.enclave_signature, inFlight.body, text);
+      const badge = document.createElement("span");
+      badge.className = ok ? "verified" : "unverified";
+      const kind = inFlight.enclave.simulated ? "simulated enclave: no hardware guarantee"
+        : `${inFlight.enclave.kind}, evidence checked by the node`;
+      badge.textContent = ok ? ` · sealed · enclave signature verified in this page (${kind})`
+        : " · enclave signature INVALID";
+      meta.appendChild(badge);
+      if (ok && message.type === "done") sealedHistory.push({role: "assistant", content: text});
+    });
+  }
+
+  async function sendSealed(content, model) {
+    status.textContent = "Attesting the enclave…";
+    const enclave = await confidential.attest(model);
+    const messages = [...sealedHistory, {role: "user", content}];
+    const body = new TextEncoder().encode(JSON.stringify({model, messages}));
+    const {peerSealed, opener} = await confidential.seal(enclave, body);
+    sealed = {enclave, body, opener};
+    sealedHistory.push({role: "user", content});
+    status.textContent = "Sealed; waiting for the enclave…";
+    socket.send(JSON.stringify({type: "send", tier: "confidential", model, peer_sealed: peerSealed,
+                                conversation: conversation ? Number(conversation) : null}));
   }
 
   function offerCredits(message) {
@@ -118,10 +162,20 @@
     answer = bubble("assistant", "");
     input.value = "";
     busy(true);
+    const model = document.getElementById("model").value;
+    const tier = document.getElementById("tier").value;
+    if (tier === "confidential") {
+      sendSealed(content, model).catch((error) => {
+        sealed = null;
+        answer.remove();
+        status.textContent = `Not sent: ${error.message}`;
+        busy(false);
+      });
+      return;
+    }
     status.textContent = "Waiting for a worker…";
     socket.send(JSON.stringify({type: "send", conversation: conversation ? Number(conversation) : null,
-                                model: document.getElementById("model").value,
-                                tier: document.getElementById("tier").value, content: content}));
+                                model, tier, content}));
   });
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
@@ -131,4 +185,4 @@
   });
   stop.addEventListener("click", () => socket.send(JSON.stringify({type: "stop"})));
   connect();
-})();
+}

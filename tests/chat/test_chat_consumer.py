@@ -41,9 +41,13 @@ async def test_a_visitor_who_is_not_signed_in_is_turned_away():
 @pytest.mark.parametrize("message, code", [
     ({"type": "dance"}, "invalid_message"),
     ({"type": "send", "model": "gemma-3-270m", "tier": "open", "content": ""}, "invalid_content"),
-    ({"type": "send", "model": "gemma-3-270m", "tier": "confidential", "content": "hi"}, "unsupported_tier"),
+    ({"type": "send", "model": "gemma-3-270m", "tier": "confidential", "content": "hi"},
+     "plaintext_in_confidential_request"),
+    ({"type": "send", "model": "gemma-3-270m", "tier": "confidential"}, "missing_required_parameter"),
+    ({"type": "send", "model": "gemma-3-270m", "tier": "gold", "content": "hi"}, "unsupported_tier"),
     ({"type": "send", "model": "no-such-model", "tier": "open", "content": "hi"}, "model_not_found"),
-], ids=["unknown type", "empty", "confidential", "unknown model"])
+], ids=["unknown type", "empty", "confidential in the clear", "confidential unsealed", "unknown tier",
+        "unknown model"])
 async def test_bad_messages_are_answered_with_a_reason_and_nothing_is_charged(alice, message, code):
     await database_sync_to_async(catalogue_seed_builtin)()
     communicator, connected, _ = await _connect(alice)

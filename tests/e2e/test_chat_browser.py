@@ -6,55 +6,17 @@ Sign up, meet "buy credits" with no credits, get credits, send with the keyboard
 arrive in pieces, see its cost and proof, and stop a long answer midway.
 """
 
-import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from apps.credits.services import credits_grant
 from django.contrib.auth import get_user_model
 
+from apps.credits.services import credits_grant
+
+from .browser_support import browser, in_thread, send_message as _send, sign_up as _sign_up  # noqa: F401
 from .conftest import OUTPUT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-def in_thread(function, **kwargs):
-    """Run an ORM call off Playwright's thread, whose event loop Django would refuse to share."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(function, **kwargs).result()
-
-
-@pytest.fixture
-def browser():
-    """Per test, and set up after the database fixtures: while Playwright runs, its event loop
-    is this thread's, and Django refuses ORM calls here (in_thread runs them elsewhere)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which("chromium") and not __import__("os").path.exists(CHROMIUM):
-        pytest.fail("Chromium is missing: the test setup installs Debian's chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
-
-
-def _sign_up(page, node_url, email):
-    page.goto(f"{node_url}/accounts/signup/")
-    page.get_by_label("Email").fill(email)
-    page.locator("input[name=password1]").fill("a long enough passphrase 42")
-    page.locator("input[name=password2]").fill("a long enough passphrase 42")
-    page.locator("form button[type=submit], form input[type=submit]").last.click()
-    page.wait_for_url(f"{node_url}/account/")
-
-
-def _send(page, text):
-    page.get_by_label("Message").fill(text)
-    page.get_by_label("Message").press("Enter")  # the keyboard sends
-
-
 def _answer_lengths(page, timeout=120.0):
     """How long the streamed answer was at each poll, until its cost line appears."""
     answer = page.locator(".message.assistant").last

@@ -8,8 +8,6 @@ same searches find a verified-tier prompt, so they can fail.
 """
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,7 +16,6 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
-from django.db import connection
 
 from apps.marketplace.models import Job
 from apps.workers.models import Worker
@@ -26,7 +23,8 @@ from apps.workers.services import worker_register
 from client.confidential import AttestationPolicy
 from client.proxy import ProxyConfig, make_server
 
-from .conftest import OUTPUT, ROOT, running_node
+from .confidential_support import database_holds, enclave_agent
+from .conftest import OUTPUT, running_node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 MODEL = "gemma-3-270m"
@@ -36,31 +34,6 @@ MODEL = "gemma-3-270m"
 def confidential_node(django_db_setup, django_db_blocker):
     with running_node("confidential-node.log", PEER_ALLOW_SIMULATED_ENCLAVE="1", PEER_LOG_LEVEL="DEBUG") as url:
         yield url
-
-
-@contextmanager
-def enclave_agent(node_url, operator, model_path, name):
-    """The bundled agent with a simulated enclave, logging every frame (--log-level DEBUG), until
-    the node has verified its evidence."""
-    worker, token = worker_register(operator=operator, name=name, tiers=["confidential"])
-    log_path = OUTPUT / f"{name}.log"
-    log = open(log_path, "w")
-    agent = subprocess.Popen([sys.executable, "-m", "worker", "--server", node_url, "--token", token,
-                              "--enclave", "simulated", "--model-path", model_path, "--threads", "2",
-                              "--embeddings", "none", "--log-level", "DEBUG", "--name", name],
-                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while not Worker.objects.filter(id=worker.id, attested_until__isnull=False).exists():
-            assert agent.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"never attested:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.2)
-        yield agent, worker, log_path
-    finally:
-        if agent.poll() is None:
-            agent.terminate()
-            agent.wait(timeout=15)
-        log.close()
 
 
 @contextmanager
@@ -74,19 +47,6 @@ def proxy(node_url, api_key):
     finally:
         server.shutdown()
         server.server_close()
-
-
-def database_holds(text: str) -> list[str]:
-    """Every table of the schema whose rows, as JSON, contain `text`."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        tables = [row[0] for row in cursor.fetchall()]
-        found = []
-        for table in tables:
-            cursor.execute(f'SELECT count(*) FROM "{table}" t WHERE row_to_json(t)::text LIKE %s', [f"%{text}%"])
-            if cursor.fetchone()[0]:
-                found.append(table)
-    return found
 
 
 def test_a_confidential_chat_through_the_proxy_leaves_no_plaintext_on_the_node_or_the_agents_host(

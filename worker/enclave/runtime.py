@@ -116,7 +116,10 @@ class EnclaveRuntime:
         reply_key, request_body = self._open(sealed)
         chat = parse_chat_body(request_body)
         gen_params = generation_params(chat, params)
-        return self._generate(job_id, served, chat, gen_params, reply_key, request_body, cancel)
+        # The answer key travels in the suite the client sealed with: a browser's HPKE library
+        # may offer AES-GCM only.
+        suite = sealed["request"]["hpke"]
+        return self._generate(job_id, served, chat, gen_params, reply_key, request_body, cancel, suite)
 
     def _served_model(self, model_digest: object) -> _Served:
         served = self._served.get(model_digest) if isinstance(model_digest, str) else None
@@ -147,14 +150,14 @@ class EnclaveRuntime:
         return reply_key, body
 
     def _generate(self, job_id: str, served: _Served, chat: SealedChat, gen_params: dict[str, Any],
-                  reply_key: str, request_body: bytes,
-                  cancel: threading.Event) -> Iterator[dict[str, Any]]:
+                  reply_key: str, request_body: bytes, cancel: threading.Event,
+                  suite: str = sealing.DEFAULT_SUITE) -> Iterator[dict[str, Any]]:
         log.info("job %s: confidential, on %s (max_tokens=%s)", job_id, served.model.id,
                  gen_params["max_tokens"])
         pieces: list[str] = []
         finish: Finish | None = None
         generation: Any = None
-        sealer = AnswerSealer(reply_key)
+        sealer = AnswerSealer(reply_key, suite=suite)
         try:
             generation = served.backend.generate(served.model.id, Request(messages=chat.messages),
                                                  gen_params, cancel)
