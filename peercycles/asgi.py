@@ -23,6 +23,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from apps.chat.consumers import ChatConsumer  # noqa: E402
 from apps.marketplace.network import NetworkConsumer  # noqa: E402
+from apps.marketplace.workflow_consumer import WorkflowConsumer  # noqa: E402
 from apps.workers.consumers import AgentConsumer  # noqa: E402
 
 application = ProtocolTypeRouter({
@@ -33,5 +34,7 @@ application = ProtocolTypeRouter({
     # cookie authenticates it, and only pages of this site may open it (the Origin header).
     "websocket": URLRouter([path("ws/agent/", AgentConsumer.as_asgi()),
                             path("ws/network/", NetworkConsumer.as_asgi()),
-                            path("ws/chat/", AllowedHostsOriginValidator(AuthMiddlewareStack(ChatConsumer.as_asgi())))]),
+                            path("ws/chat/", AllowedHostsOriginValidator(AuthMiddlewareStack(ChatConsumer.as_asgi()))),
+                            path("ws/workflow/",
+                                 AllowedHostsOriginValidator(AuthMiddlewareStack(WorkflowConsumer.as_asgi())))]),
 })

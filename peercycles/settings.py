@@ -308,6 +308,9 @@ PEER_ATTESTATION_CODE_MEASUREMENTS = [m.strip() for m in env_str("PEER_ATTESTATI
 PEER_ATTESTATION_SNP_MEASUREMENTS = [m.strip() for m in env_str("PEER_ATTESTATION_SNP_MEASUREMENTS").split(",")
                                      if m.strip()]
 PEER_ATTESTATION_TDX_MRTDS = [m.strip() for m in env_str("PEER_ATTESTATION_TDX_MRTDS").split(",") if m.strip()]
+# The network workflow (/network/) shows a cheater caught: the worker of this name, started with
+# --cheat (make run starts one), gets its verified job.
+PEER_WORKFLOW_CHEATER = env_str("PEER_WORKFLOW_CHEATER", "demo-cheater-1")
 # How long GET /v1/attestation with a client nonce waits for enclaves' fresh evidence.
 PEER_ATTESTATION_FETCH_TIMEOUT = env_float("PEER_ATTESTATION_FETCH_TIMEOUT", 5.0)
 

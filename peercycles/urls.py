@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/workers/", include("apps.workers.urls_api")),
     path("operator/", include("apps.workers.urls")),
     path("chat/", include("apps.chat.urls")),
+    path("network/", include("apps.marketplace.urls_network")),
     path("treasury/", include("apps.credits.urls_treasury")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),

@@ -20,6 +20,9 @@ DEMO_CREDITS = 10_000  # $100 of credits
 EMBEDDING_NAME = "all-minilm-l6-v2"
 # The one worker `make run` starts with a SIMULATED enclave, for the confidential tier.
 ENCLAVE_WORKER = "demo-enclave-1"
+# The worker `make run` starts with --cheat, for /network/'s workflow to catch (PEER_WORKFLOW_CHEATER),
+# under an operator of its own: validators are workers of other operators.
+CHEATER_WORKER, CHEATER_OPERATOR = "demo-cheater-1", "demo-cheater"
 DEMO_NAMES = {
     "peer-mixtral": "Demo name from the concept paper; served by the built-in Gemma 3 270M, not Mixtral.",
     "gemma-3-270m": "Gemma 3 270M (Q4_K_M GGUF), the built-in model of the bundled agent.",
@@ -34,6 +37,7 @@ class DemoFleet:
     model_id: str
     model_digest: str
     embedding_model: str | None = None  # the public name, when the MiniLM packages are installed
+    cheater_token: tuple[str, str] | None = None  # the --cheat worker's (name, token)
 
 
 def catalogue_seed_builtin() -> tuple[str, str, str]:
@@ -79,13 +83,18 @@ def demo_seed(*, agents: int) -> DemoFleet:
     tokens = []
     for index in range(agents):
         name = f"demo-cpu-{index + 1}"
-        worker, token = _demo_worker(operator, name, tiers=["open", "verified"])
+        # An operator each: a proven fault needs two validators of operators other than the worker's.
+        owner = operator if index == 0 else user_get_or_create(username=f"{DEMO_OPERATOR}-{index + 1}")
+        worker, token = _demo_worker(owner, name, tiers=["open", "verified"])
         _bond_up(worker)
         tokens.append((name, token))
     _, enclave_token = _demo_worker(operator, ENCLAVE_WORKER, tiers=["confidential"])
+    cheater, cheater_token = _demo_worker(user_get_or_create(username=CHEATER_OPERATOR), CHEATER_WORKER,
+                                          tiers=["verified"])
+    _bond_up(cheater)
     return DemoFleet(api_key=raw_key, worker_tokens=tokens, model_id=model_id, model_digest=digest,
                      embedding_model=embeddings[0] if embeddings else None,
-                     enclave_token=(ENCLAVE_WORKER, enclave_token))
+                     enclave_token=(ENCLAVE_WORKER, enclave_token), cheater_token=(CHEATER_WORKER, cheater_token))
 
 
 def _demo_worker(operator, name: str, *, tiers: list[str]) -> tuple[Worker, str]:

@@ -65,6 +65,11 @@ class Command(BaseCommand):
             self._spawn([python, "-m", "worker", "--server", server, "--token", token,
                          "--threads", str(agent_threads), "--name", name, "--embeddings", embeddings,
                          "--key-file", str(settings.BASE_DIR / "var" / "worker-key.pem")])
+        if fleet.cheater_token:
+            name, token = fleet.cheater_token
+            self._spawn([python, "-m", "worker", "--server", server, "--token", token, "--cheat", "truncate",
+                         "--threads", str(agent_threads), "--name", name, "--embeddings", "none",
+                         "--key-file", str(settings.BASE_DIR / "var" / "worker-key.pem")])
         if fleet.enclave_token:
             name, token = fleet.enclave_token
             self._spawn([python, "-m", "worker", "--server", server, "--token", token, "--enclave", "simulated",
@@ -80,7 +85,10 @@ class Command(BaseCommand):
                           f"  services         {database}, {layer} channel layer, {celery_mode}\n"
                           f"  agents           {len(fleet.worker_tokens)} local builtin workers"
                           + (", 1 SIMULATED-enclave worker (confidential tier; simulated enclaves allowed on "
-                             "this demo node: no hardware guarantee)" if fleet.enclave_token else "") + "\n"
+                             "this demo node: no hardware guarantee)" if fleet.enclave_token else "")
+                          + (", 1 CHEATING worker (--cheat truncate: /network/ shows it caught and slashed)"
+                             if fleet.cheater_token else "") + "\n"
+                          f"  watch it work     {server}/network/ (sign up, then Run workflow)\n"
                           f"  confidential     python -m client proxy --upstream {server} --port 8100 "
                           f"--api-key {fleet.api_key} --allow-simulated\n\n"
                           f"  curl {server}/v1/chat/completions -H \"authorization: Bearer {fleet.api_key}\" "
