@@ -2,11 +2,12 @@
 evidence against the node's policy and remember the verdict on its worker, which confidential
 routing reads (apps/workers/selectors.workers_eligible).
 
-Policy, from settings: simulated enclaves refused unless PEER_ALLOW_SIMULATED_ENCLAVE; the model
-digest must be one the catalogue accepts; the agent code measurement must be allowed
-(PEER_ATTESTATION_CODE_MEASUREMENTS, by default the measurement of the agent code this node
-ships); the nonce must be the one the node sent on that link, once; a verdict holds
-PEER_ATTESTATION_MAX_AGE seconds.
+Policy: simulated enclaves refused unless PEER_ALLOW_SIMULATED_ENCLAVE; the model digest must be
+one the catalogue accepts; the agent code measurement must be allowed (PEER_ATTESTATION_CODE_
+MEASUREMENTS, by default the measurement of the agent code this node ships), and so must SEV-SNP
+launch measurements and TDX MRTDs (PEER_ATTESTATION_SNP_MEASUREMENTS, _TDX_MRTDS) — per model, a
+catalogue entry's `attestation_policy` replaces any of these lists; the nonce must be the one
+the node sent on that link, once; a verdict holds PEER_ATTESTATION_MAX_AGE seconds.
 
 Evidence kinds (client/attestation/enclave.py, the verifier clients use too): "simulated";
 "sev-snp" (the report and its VCEK/ASK/ARK table, ARK pinned; launch measurements allowed by
@@ -31,6 +32,7 @@ from client.attestation.tdx import TdxPolicy
 from worker.measurement import code_measurement
 
 NONCE_SIZE = 32
+POLICY_LISTS = ("code_measurements", "snp_measurements", "tdx_mrtds")
 # A node nonce is answered within this long, or not at all (single use, short-lived).
 NONCE_LIFETIME_SECONDS = 30.0
 
@@ -65,18 +67,36 @@ def catalogue_digests() -> frozenset[str]:
     return frozenset(digests)
 
 
-def node_policy() -> EvidencePolicy:
+def node_policy(model_digest: str) -> EvidencePolicy:
+    """The node's policy for evidence about the model with `model_digest`: the settings, with the
+    lists its catalogue entries set in `attestation_policy` in their place."""
+    per_model = _model_policy(model_digest)
     return EvidencePolicy(
         allow_simulated=settings.PEER_ALLOW_SIMULATED_ENCLAVE, allowed_model_digests=catalogue_digests(),
-        allowed_code_measurements=allowed_code_measurements(),
-        snp=SnpPolicy(allowed_measurements=frozenset(settings.PEER_ATTESTATION_SNP_MEASUREMENTS)),
-        tdx=TdxPolicy(allowed_mrtds=frozenset(settings.PEER_ATTESTATION_TDX_MRTDS)))
+        allowed_code_measurements=per_model.get("code_measurements", allowed_code_measurements()),
+        snp=SnpPolicy(allowed_measurements=per_model.get("snp_measurements",
+                                                         frozenset(settings.PEER_ATTESTATION_SNP_MEASUREMENTS))),
+        tdx=TdxPolicy(allowed_mrtds=per_model.get("tdx_mrtds", frozenset(settings.PEER_ATTESTATION_TDX_MRTDS))))
+
+
+def _model_policy(model_digest: str) -> dict[str, frozenset[str]]:
+    """The lists the catalogue's entries for `model_digest` set (joined when several do)."""
+    lists: dict[str, set[str]] = {}
+    for entry in CatalogueModel.objects.filter(active=True, kind=CatalogueModel.Kind.CHAT) \
+            .values_list("digests", "attestation_policy"):
+        digests, policy = entry
+        if model_digest in (digests or []):
+            for name in POLICY_LISTS:
+                if isinstance((policy or {}).get(name), list):
+                    lists.setdefault(name, set()).update(str(value) for value in policy[name])
+    return {name: frozenset(values) for name, values in lists.items()}
 
 
 def evidence_check(evidence, *, nonce: bytes, model_digest: str) -> dict:
     """The node's verdict on one enclave's evidence for `model_digest` over its `nonce`:
     {"ok", "kind", "simulated", "enclave_key", "signing_key", "code_measurement", "problems"}."""
-    verdict = verify_enclave_evidence(evidence, expected_nonce=nonce, policy=node_policy(), now=timezone.now())
+    verdict = verify_enclave_evidence(evidence, expected_nonce=nonce, policy=node_policy(model_digest),
+                                      now=timezone.now())
     problems = list(verdict.problems)
     if verdict.model_digest and verdict.model_digest != model_digest:
         problems.append(f"evidence is for model {verdict.model_digest}, not {model_digest}")

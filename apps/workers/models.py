@@ -94,6 +94,9 @@ class CatalogueModel(models.Model):
                             help_text="Which endpoints serve it; agents announce the same kind per model.")
     dimensions = models.PositiveIntegerField(null=True, blank=True,
                                              help_text="Embedding models: the length of each vector.")
+    attestation_policy = models.JSONField(default=dict, blank=True, help_text=(
+        'Confidential tier, this model only: {"code_measurements": [...], "snp_measurements": [...], '
+        '"tdx_mrtds": [...]}; a list given here replaces the node-wide setting for this model.'))
     active = models.BooleanField(default=True)
 
     def __str__(self) -> str:

@@ -239,3 +239,24 @@ async def test_a_clients_challenge_is_relayed_to_the_enclave_and_its_answer_back
     assert reply["worker_id"] == str(worker.id) and reply["frame"]["evidence"] == evidence
     assert (await _state(worker.id))[1] == before  # the node's own verdict is not touched
     await communicator.disconnect()
+
+
+async def test_a_models_own_allowlist_replaces_the_node_wide_one(registered):
+    worker, token = registered
+    await CatalogueModel.objects.filter(name="gemma-3-270m").aupdate(
+        attestation_policy={"code_measurements": ["sha256:" + "77" * 32]})
+    communicator, challenge = await _online(token)
+
+    # The code this node ships is allowed node-wide, but not for this model any more.
+    await _answer(communicator, challenge, _evidence(SimulatedEnclave(), challenge["nonce"]))
+
+    _, record, routable = await _state(worker.id)
+    assert not routable and any("code measurement" in p for p in record["problems"])
+    await communicator.disconnect()
+
+    communicator, challenge = await _online(token)
+    await _answer(communicator, challenge, _evidence(SimulatedEnclave(), challenge["nonce"],
+                                                     measurement="sha256:" + "77" * 32))
+
+    assert (await _state(worker.id))[2]
+    await communicator.disconnect()
