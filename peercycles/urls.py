@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/staking/", include("apps.staking.urls_api")),
     path("api/workers/", include("apps.workers.urls_api")),
     path("operator/", include("apps.workers.urls")),
+    path("workers/", include("apps.workers.urls_browser")),
     path("chat/", include("apps.chat.urls")),
     path("network/", include("apps.marketplace.urls_network")),
     path("treasury/", include("apps.credits.urls_treasury")),
