@@ -6,6 +6,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.db import connections
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -13,9 +14,17 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 def in_thread(function, **kwargs):
-    """Run an ORM call off Playwright's thread, whose event loop Django would refuse to share."""
+    """Run an ORM call off Playwright's thread, whose event loop Django would refuse to share.
+    The thread's database connection is closed after it, or the test database could not be
+    dropped at the end of the run."""
+    def call():
+        try:
+            return function(**kwargs)
+        finally:
+            connections.close_all()
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(function, **kwargs).result()
+        return pool.submit(call).result()
 
 
 @pytest.fixture
