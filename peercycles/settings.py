@@ -168,6 +168,10 @@ CELERY_BEAT_SCHEDULE = {
     "run-pending-validations": {"task": "apps.verification.tasks.validations_resume_task", "schedule": 15.0},
     "close-peer-epoch": {"task": "apps.staking.tasks.epoch_close_task",
                          "schedule": float(env_int("PEER_EPOCH_SECONDS", 3600))},
+    # The landing page's live figures (apps/marketplace/network_stats.py). A tick older than the
+    # next one is worthless: a backed-up worker drops it rather than replaying stale snapshots.
+    "publish-network-stats": {"task": "apps.credits.tasks.network_stats_publish_task", "schedule": 5.0,
+                              "options": {"expires": 5.0}},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

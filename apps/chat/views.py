@@ -4,10 +4,12 @@
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from apps.marketplace.errors import ApiError
 from apps.verification.views_attestation import attestation_listing
+from apps.workers.browser import CONTEXT_LENGTH, browser_model, catalogue_names_for, digest_hex, model_file_name
 
 from apps.credits.pricing import MICRO_PER_CREDIT
 from apps.credits.selectors import balance_get
@@ -22,12 +24,21 @@ def chat(request, conversation_id=None):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
         if conversation is None:
             raise Http404("No such conversation of yours.")
-    return render(request, "chat/chat.html", {
+    device = browser_model()
+    response = render(request, "chat/chat.html", {
         "conversation": conversation,
         "messages": conversation.messages.select_related("job") if conversation else [],
         "conversations": conversations_list(user=request.user), "models": chat_models(),
         "balance_credits": balance_get(user=request.user) // MICRO_PER_CREDIT,
+        # "On this device": the builtin model, run in the page (static/js/browser_worker.js's Engine).
+        "device_model": device, "device_names": catalogue_names_for(device), "device_context": CONTEXT_LENGTH,
+        "device_model_url": reverse("browser-worker-model", args=[digest_hex(device), model_file_name(device)]),
     })
+    # Cross-origin isolation lets the on-device model use several threads (SharedArrayBuffer);
+    # the page loads nothing from other origins.
+    response["Cross-Origin-Opener-Policy"] = "same-origin"
+    response["Cross-Origin-Embedder-Policy"] = "require-corp"
+    return response
 
 
 @login_required

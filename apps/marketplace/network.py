@@ -1,6 +1,7 @@
 """The network's live event stream: `/ws/network/`, public and read-only, one JSON object per
 event ({"type": ..., "at": ISO time, ...}). Verification publishes its verdicts, slashes and
-challenges here (apps/verification); what the web pages show live subscribes here.
+challenges here (apps/verification); a beat task publishes "network.stats", the network's figures,
+every few seconds (network_stats.py); what the web pages show live subscribes here.
 
 Publishing is best effort: an event is sent after its transaction commits, and a failing
 channel layer loses the event, never the change it reports (that is in the database).

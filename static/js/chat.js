@@ -18,6 +18,9 @@ import * as confidential from "./confidential.js";
   let sealed = null;  // the confidential message in flight: its enclave, body and opener
   let opening = Promise.resolve();  // sealed pieces are opened strictly in order
   const sealedHistory = [];  // a confidential conversation's messages live only in this page
+  const deviceHistory = [];  // and so do an on-device conversation's
+  let device = null;  // the on-device engine, loaded on first use
+  let deviceStop = null;  // aborts the on-device generation
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -114,6 +117,46 @@ import * as confidential from "./confidential.js";
                                 conversation: conversation ? Number(conversation) : null}));
   }
 
+  // The model in this tab (browser_worker.js's Engine: the builtin GGUF, checked against its
+  // digest, in WebAssembly): no socket, no request with the message.
+  async function onDevice(content, model) {
+    const names = (root.dataset.deviceNames || "").split(",");
+    if (!names.includes(model)) throw new Error(`${model} cannot run in the browser; choose ${names.join(" or ")}`);
+    const {Engine, formatChat, STOP_SEQUENCES} = await import("./browser_worker.js");
+    if (!device) {
+      const missing = Engine.unsupported();
+      if (missing) throw new Error(`this browser lacks ${missing}`);
+      const cores = navigator.hardwareConcurrency || 1;
+      const engine = new Engine({wasm: root.dataset.deviceWasm, modelUrl: root.dataset.deviceUrl,
+                                 digest: root.dataset.deviceDigest, contextLength: Number(root.dataset.deviceContext),
+                                 threads: self.crossOriginIsolated ? Math.min(cores, Math.max(2, Math.floor(cores / 2))) : 1});
+      await engine.load(({loaded, total}) => {
+        status.textContent = `Downloading the model: ${(loaded / 2 ** 20).toFixed(0)} of ${((total || 0) / 2 ** 20).toFixed(0)} MiB`;
+      },
+                        (phase) => { status.textContent = phase; });
+      device = engine;
+    }
+    status.textContent = `Generating on this device (${device.describe()})…`;
+    deviceHistory.push({role: "user", content});
+    deviceStop = new AbortController();
+    const text = answer.querySelector(".text");
+    let finish;
+    try {
+      finish = await device.generate({prompt: formatChat(deviceHistory), stops: STOP_SEQUENCES, temperature: 0.7,
+                                      topP: 1, maxTokens: 256, seed: Math.floor(Math.random() * 2 ** 31)},
+                                     (piece) => { text.textContent += piece; }, deviceStop.signal);
+    } catch (error) {
+      if (!deviceStop.signal.aborted) throw error;
+      finish = {reason: "cancelled"};
+    }
+    deviceHistory.push({role: "assistant", content: text.textContent});
+    const meta = document.createElement("p");
+    meta.className = "meta";
+    meta.textContent = `on this device · nothing left the browser · ${finish.reason === "cancelled" ? "stopped" : "free"}`;
+    answer.appendChild(meta);
+    status.textContent = finish.reason === "cancelled" ? "Stopped." : "";
+  }
+
   function offerCredits(message) {
     payment.hidden = false;
     payment.innerHTML = "";
@@ -164,6 +207,13 @@ import * as confidential from "./confidential.js";
     busy(true);
     const model = document.getElementById("model").value;
     const tier = document.getElementById("tier").value;
+    if (tier === "device") {
+      onDevice(content, model).catch((error) => {
+        status.textContent = `On this device: ${error.message}`;
+        if (!answer.querySelector(".text").textContent) answer.remove();
+      }).finally(() => { deviceStop = null; busy(false); });
+      return;
+    }
     if (tier === "confidential") {
       sendSealed(content, model).catch((error) => {
         sealed = null;
@@ -183,6 +233,9 @@ import * as confidential from "./confidential.js";
       form.requestSubmit();
     }
   });
-  stop.addEventListener("click", () => socket.send(JSON.stringify({type: "stop"})));
+  stop.addEventListener("click", () => {
+    if (deviceStop) deviceStop.abort();
+    else socket.send(JSON.stringify({type: "stop"}));
+  });
   connect();
 }

@@ -12,11 +12,14 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from apps.credits.services import credits_grant
+from apps.marketplace.models import Job
 
-from .browser_support import browser, in_thread, send_message as _send, sign_up as _sign_up  # noqa: F401
+from .browser_support import browser, in_thread, send_message, sign_up  # noqa: F401
 from .conftest import OUTPUT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
 def _answer_lengths(page, timeout=120.0):
     """How long the streamed answer was at each poll, until its cost line appears."""
     answer = page.locator(".message.assistant").last
@@ -31,11 +34,11 @@ def _answer_lengths(page, timeout=120.0):
 
 def test_sign_up_buy_credits_then_chat_streams_with_cost_and_proof(node_url, catalogue, agent_process, browser):
     page = browser.new_page()
-    _sign_up(page, node_url, "carol@example.org")
+    sign_up(page, node_url, "carol@example.org")
 
     page.goto(f"{node_url}/chat/")
     page.get_by_label("Tier").select_option("open")
-    _send(page, "Hello!")
+    send_message(page, "Hello!")
     page.locator("#payment").wait_for(state="visible", timeout=30_000)
     assert "quoted at" in page.locator("#payment").inner_text()
     page.get_by_role("button", name="Buy 10 USDC of credits").click()
@@ -46,7 +49,7 @@ def test_sign_up_buy_credits_then_chat_streams_with_cost_and_proof(node_url, cat
     in_thread(credits_grant, user=user, credits=500, memo="test: stands in for a USDC deposit")
     page.reload()
     page.get_by_label("Tier").select_option("open")
-    _send(page, "Count from 1 to 20, separated by commas.")
+    send_message(page, "Count from 1 to 20, separated by commas.")
     lengths = _answer_lengths(page)
     page.screenshot(path=OUTPUT / "chat-streamed.png")
 
@@ -61,13 +64,13 @@ def test_sign_up_buy_credits_then_chat_streams_with_cost_and_proof(node_url, cat
 
 def test_stop_ends_a_long_answer_midway_and_charges_what_was_delivered(node_url, catalogue, agent_process, browser):
     page = browser.new_page()
-    _sign_up(page, node_url, "dave@example.org")
+    sign_up(page, node_url, "dave@example.org")
     user = in_thread(lambda: get_user_model().objects.get(email="dave@example.org"))
     in_thread(credits_grant, user=user, credits=500)
     page.goto(f"{node_url}/chat/")
     page.get_by_label("Tier").select_option("open")
 
-    _send(page, "Write a very long story about a lighthouse keeper, in many chapters.")
+    send_message(page, "Write a very long story about a lighthouse keeper, in many chapters.")
     answer = page.locator(".message.assistant").last
     answer.locator(".text").filter(has_text=" ").wait_for(timeout=60_000)  # some words arrived
     page.get_by_role("button", name="Stop").click()
@@ -83,10 +86,31 @@ def test_stop_ends_a_long_answer_midway_and_charges_what_was_delivered(node_url,
 
 def test_the_page_has_labelled_controls(node_url, catalogue, browser):
     page = browser.new_page()
-    _sign_up(page, node_url, "erin@example.org")
+    sign_up(page, node_url, "erin@example.org")
     page.goto(f"{node_url}/chat/")
 
     for label in ("Model", "Tier", "Message"):
         assert page.get_by_label(label).count() == 1, label
     assert page.get_by_role("button", name="Send").is_visible()
     assert page.get_by_role("link", name="New conversation").is_visible()
+
+
+def test_on_this_device_the_answer_is_made_in_the_tab_and_nothing_is_sent(node_url, catalogue, browser):
+    page = browser.new_page()
+    sign_up(page, node_url, "ivan@example.org")
+    secret = "a private note about my knee"
+    sent, posted = [], []
+    page.on("websocket", lambda socket: socket.on("framesent", lambda payload: sent.append(payload)))
+    page.on("request", lambda request: posted.append(request.post_data or ""))
+    page.goto(f"{node_url}/chat/")
+    page.get_by_label("Tier").select_option("device")
+
+    send_message(page, f"Say hello. {secret}")
+    answer = page.locator(".message.assistant").last
+    answer.locator(".meta").wait_for(timeout=180_000)
+    page.screenshot(path=OUTPUT / "chat-on-device.png")
+
+    assert answer.locator(".text").inner_text().strip()
+    assert "nothing left the browser" in answer.locator(".meta").inner_text()
+    assert not any(secret in frame for frame in sent) and not any(secret in body for body in posted)
+    assert in_thread(lambda: Job.objects.count()) == 0  # the node ran nothing
