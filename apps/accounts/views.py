@@ -6,18 +6,18 @@ from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from apps.credits.selectors import balance_get, entries_for_user, held_get
-from apps.staking.selectors import stakers_pool_balance, treasury_balance
-from apps.workers.selectors import catalogue_list, workers_online_count
+from apps.marketplace.network_stats import network_stats_get, network_stats_text
+from apps.workers.selectors import catalogue_list
 
 from .selectors import api_keys_list
 from .services import api_key_issue, api_key_revoke
 
 
 def home(request):
-    return render(request, "home.html", {
-        "models": catalogue_list(), "workers_online": workers_online_count(),
-        "stakers_pool": stakers_pool_balance(), "treasury": treasury_balance(),
-    })
+    """The landing page: the network's figures now; the page keeps them live (network_stats.py)."""
+    stats = network_stats_get()
+    return render(request, "home.html", {"models": catalogue_list(), "stats": stats,
+                                         "figures": network_stats_text(stats)})
 
 
 @login_required

@@ -78,6 +78,8 @@ class Job(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["hold_state", "deadline_at"]), models.Index(fields=["user", "-created_at"]),
+                   # the network's figures: jobs finished in the last minute (network_stats.py)
+                   models.Index(fields=["finished_at"], name="job_finished_at"),
                    # the sampler's work list: small, as it draws for every job it finds
                    models.Index(fields=["finished_at"], condition=models.Q(verification_status="awaiting"),
                                 name="job_awaiting_sample")]

@@ -2,7 +2,8 @@
 earnings, bond and reputation, set prices and the payout address, rotate or revoke tokens.
 
 htmx: the status tables poll their partials every 5 s; the forms on a worker's page post and
-swap their own partial. A token is shown once, in the response that created it.
+swap their own partial. A token is shown once, in the response that created it. The charts
+(earnings, jobs, reputation: charts.py) are drawn as of the page load.
 """
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.staking.selectors import worker_bond_get
 
+from .charts import earnings_chart, jobs_chart, operator_charts
 from .forms import PayoutAddressForm, WorkerOffersForm, WorkerRegisterForm
 from .models import Worker
 from .selectors import (agent_command, catalogue_list, node_url, worker_earnings_get, worker_jobs_recent,
@@ -47,7 +49,9 @@ def _token_page(request, template: str, worker: Worker, raw_token: str):
 @login_required
 @require_GET
 def operator_home(request):
-    return render(request, "workers/operator.html", {"workers": workers_of_operator(operator=request.user)})
+    workers = list(workers_of_operator(operator=request.user))
+    return render(request, "workers/operator.html", {
+        "workers": workers, "charts": operator_charts(workers=workers) if workers else []})
 
 
 @login_required
@@ -84,6 +88,7 @@ def _detail_context(worker: Worker) -> dict:
         "payout_form": PayoutAddressForm(initial={"payout_address": worker.payout_address}),
         "offers_form": WorkerOffersForm(catalogue=catalogue_list(), offers=worker.offers),
         "default_price": settings.PEER_PRICE_PER_TOKEN,
+        "earnings_chart": earnings_chart(workers=[worker]), "jobs_chart": jobs_chart(workers=[worker]),
     }
 
 
