@@ -66,15 +66,24 @@ async def models_list(request):
     return JsonResponse({"object": "list", "data": await database_sync_to_async(models_listing)()})
 
 
+async def _signed_in_user(request):
+    """The session's user when the request carries no API key (a read-only GET from our pages)."""
+    if request.headers.get("Authorization"):
+        return None
+    user = await request.auser()
+    return user if user.is_authenticated else None
+
+
 @openai_errors
 async def job_proof(request, job_id):
-    """A job's proof (its commitment, signature and worker key): for its owner, or for anyone
-    with the job id when the owner asked for a public proof (peer_public_proof)."""
+    """A job's proof (its commitment, signature and worker key): for its owner (by API key, or
+    signed in on this site: the chat's "proof" link), or for anyone with the job id when the owner
+    asked for a public proof (peer_public_proof)."""
     if request.method != "GET":
         raise ApiError(405, "Use GET.", code="method_not_allowed")
     job = await database_sync_to_async(job_get)(job_id=job_id)
     if job is None or not job.proof_public:
-        user = await api_user(request)
+        user = await _signed_in_user(request) or await api_user(request)
         if job is None or job.user_id != user.id:  # another user's job is as good as missing
             raise ApiError(404, f"No job {job_id} of yours on this node.", code="job_not_found")
     if job.commitment is None:

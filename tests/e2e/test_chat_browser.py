@@ -59,6 +59,10 @@ def test_sign_up_buy_credits_then_chat_streams_with_cost_and_proof(node_url, cat
     assert "credits" in answer.locator(".meta").inner_text()
     assert answer.locator(".meta a", has_text="proof").get_attribute("href").startswith("/v1/jobs/")
     assert int(page.locator("#balance").inner_text()) < 500
+    answer.locator(".meta a", has_text="proof").click()  # one click away, signed in: no API key needed
+    proof = page.locator("body").inner_text()
+    assert '"object": "peer.proof"' in proof or '"object":"peer.proof"' in proof, proof[:300]
+    page.go_back()
     assert page.url.startswith(f"{node_url}/chat/") and page.url.rstrip("/").split("/")[-1].isdigit()
 
 

@@ -75,3 +75,16 @@ def test_peer_public_proof_must_be_a_boolean():
                                        "peer_public_proof": "yes"}).encode(),
                            default_tier="open", default_max_tokens=8, max_tokens_limit=1024)
     assert refused.value.param == "peer_public_proof"
+
+
+def test_the_signed_in_owner_reads_a_private_proof_without_an_api_key(alice, bob, mallory, entry):
+    worker = worker_register(operator=bob, name="w", tiers=["open"])[0]
+    job = _job(alice, worker, entry)
+    owner, stranger = Client(), Client()
+    owner.force_login(alice)
+    stranger.force_login(mallory)
+
+    assert owner.get(f"/v1/jobs/{job.id}/proof").json()["job_id"] == str(job.id)
+    assert stranger.get(f"/v1/jobs/{job.id}/proof").status_code == 404
+    # A request with a key is judged by its key alone, whoever is signed in.
+    assert owner.get(f"/v1/jobs/{job.id}/proof", HTTP_AUTHORIZATION="Bearer pc_nonsense").status_code == 401
