@@ -14,7 +14,11 @@ plus, per kind:
   certificate table (b64, GHCB spec 4.1.8.1, what configfs-tsm's auxblob holds): VCEK, ASK, ARK;
   verified by `client.attestation.snp` with the ARK pinned;
 - tdx: "quote" (b64) and "collateral" (the DCAP collateral as JSON text, which Intel signs, so it
-  may come from the enclave's host); verified by `client.attestation.tdx`.
+  may come from the enclave's host); verified by `client.attestation.tdx`;
+- either hardware kind may add "gpus": [{"report": hex (as NVML gives it), "certificates": PEM,
+  the device chain leaf first, root last}], NVIDIA GPU evidence whose SPDM request nonce is
+  SHA-256 of the report data, so the GPUs answer the same challenge and statement as the CPU;
+  verified by `client.attestation.nvidia` with NVIDIA's device root pinned.
 
 The verifier computes the report data the statement and *its own* nonce give and requires the
 hardware-signed report data to be exactly that: a replayed nonce, another key, another model or
@@ -24,6 +28,7 @@ exception: whoever sent it is not trusted to send well-formed data.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import uuid
 from dataclasses import dataclass
@@ -31,7 +36,7 @@ from datetime import datetime
 
 from client import binding
 from client.sealing import b64_canonical
-from client.attestation import snp, tdx
+from client.attestation import nvidia, snp, tdx
 from client.attestation.simulated import SimulatedEvidenceError, SimulatedPolicy, verify_simulated
 
 VERSION = 1
@@ -57,6 +62,7 @@ class EvidencePolicy:
     allowed_code_measurements: frozenset[str] = frozenset()
     snp: snp.SnpPolicy = snp.SnpPolicy()  # its expected_report_data is set per verification
     tdx: tdx.TdxPolicy = tdx.TdxPolicy()
+    gpu: nvidia.GpuPolicy = nvidia.GpuPolicy()  # its expected_nonce is set per verification
 
     def __post_init__(self):
         for name in ("allowed_model_digests", "allowed_code_measurements"):
@@ -92,7 +98,7 @@ def verify_enclave_evidence(evidence: object, *, expected_nonce: bytes, policy: 
                                        model_digest=evidence["model_digest"],
                                        code_measurement=evidence["code_measurement"], nonce=expected_nonce)
         problems = list(_hardware_problems(kind, evidence, expected, policy, now))
-    except (EvidenceFormatError, binding.BindingError, snp.SnpError, tdx.TdxError) as error:
+    except (EvidenceFormatError, binding.BindingError, snp.SnpError, tdx.TdxError, nvidia.GpuEvidenceError) as error:
         return _refused(kind, f"unreadable evidence: {error}")
     problems += _allowlist_problems(evidence, policy)
     return EnclaveVerdict(ok=not problems, kind=kind, simulated=False,
@@ -120,6 +126,25 @@ def snp_certificate_table(table: bytes) -> dict[str, bytes]:
 
 
 def _hardware_problems(kind: str, evidence: dict, expected: bytes, policy: EvidencePolicy, now: datetime):
+    return [*_cpu_problems(kind, evidence, expected, policy, now),
+            *_gpu_problems(evidence.get("gpus", []), expected, policy, now)]
+
+
+def _gpu_problems(gpus: object, expected: bytes, policy: EvidencePolicy, now: datetime) -> list[str]:
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) and set(g) == {"report", "certificates"}
+                                             and all(isinstance(v, str) for v in g.values()) for g in gpus):
+        raise EvidenceFormatError('gpus is a list of {"report": hex, "certificates": PEM}')
+    gpu_policy = type(policy.gpu)(**{**policy.gpu.__dict__, "expected_nonce": hashlib.sha256(expected).digest()})
+    problems = []
+    for index, gpu in enumerate(gpus):
+        # The chain carries its root; the policy pins which roots count (NVIDIA's device root).
+        root = gpu["certificates"][gpu["certificates"].rfind("-----BEGIN CERTIFICATE-----"):]
+        verdict = nvidia.verify_evidence(gpu["report"], gpu["certificates"], root, policy=gpu_policy, now=now)
+        problems += [f"GPU {index}: {problem}" for problem in verdict.problems]
+    return problems
+
+
+def _cpu_problems(kind: str, evidence: dict, expected: bytes, policy: EvidencePolicy, now: datetime):
     if kind == "sev-snp":
         certificates = snp_certificate_table(_b64(evidence["certificates"], "certificates"))
         missing = {"vcek", "ask", "ark"} - set(certificates)
@@ -143,7 +168,7 @@ def _with_report_data(kind_policy, expected: bytes):
 
 def _statement(evidence: dict, kind: str) -> dict[str, bytes]:
     wanted = {"kind", "version", *_STATEMENT, *_KIND_FIELDS[kind]}
-    missing, unknown = wanted - evidence.keys(), evidence.keys() - wanted
+    missing, unknown = wanted - evidence.keys(), evidence.keys() - wanted - {"gpus"}
     if missing or unknown:
         raise EvidenceFormatError(f"{kind} evidence has exactly the fields {sorted(wanted)}; missing "
                                   f"{sorted(missing)}, unknown {sorted(map(str, unknown))}")

@@ -19,7 +19,8 @@ from client.attestation.enclave import (
 from client.attestation.simulated import SimulatedEnclave
 from client.sealing import keypair
 from tests.support.attestation import (
-    ARK, ASK, GUIDS, SNP_NOW, SNP_REPORT, TDX_COLLATERAL, TDX_NOW, TDX_QUOTE, VCEK, cert_table,
+    ARK, ASK, GPU_CHAIN_PEM, GPU_REPORT_HEX, GUIDS, SNP_NOW, SNP_REPORT, TDX_COLLATERAL, TDX_NOW, TDX_QUOTE, VCEK,
+    cert_table,
 )
 
 MODEL = "sha256:" + hashlib.sha256(b"model").hexdigest()
@@ -151,3 +152,33 @@ def test_simulated_evidence_is_refused_unless_allowed_and_then_verifies():
     assert refused.problems == ("simulated enclave: refused unless allowed",) and refused.simulated
     assert allowed.ok and allowed.enclave_key == enclave.public_key and allowed.signing_key == enclave.signing_key
     assert not stale.ok
+
+
+def test_gpu_evidence_runs_nvidias_checks_and_must_answer_the_same_challenge():
+    evidence = {**tdx_evidence(), "gpus": [{"report": GPU_REPORT_HEX, "certificates": GPU_CHAIN_PEM}]}
+
+    verdict = verify_enclave_evidence(evidence, expected_nonce=NONCE, policy=EvidencePolicy(), now=TDX_NOW)
+
+    # The real H100 report verifies up to NVIDIA's pinned root; its SPDM nonce is NVIDIA's sample
+    # nonce, not SHA-256 of our report data, so it is refused for exactly that.
+    gpu_problems = [p for p in verdict.problems if p.startswith("GPU 0: ")]
+    assert len(gpu_problems) == 1 and "is not the expected nonce" in gpu_problems[0]
+
+
+def test_a_flipped_byte_of_the_gpu_report_breaks_its_signature():
+    report = bytearray.fromhex(GPU_REPORT_HEX)
+    report[1000] ^= 1  # inside a measurement block the response signs
+    evidence = {**tdx_evidence(), "gpus": [{"report": report.hex(), "certificates": GPU_CHAIN_PEM}]}
+
+    verdict = verify_enclave_evidence(evidence, expected_nonce=NONCE, policy=EvidencePolicy(), now=TDX_NOW)
+
+    assert any(p.startswith("GPU 0: report signature does not verify") for p in verdict.problems)
+
+
+@pytest.mark.parametrize("gpus", [{"report": "00"}, [{"report": "00"}], [{"report": 1, "certificates": ""}]],
+                         ids=["not a list", "no certificates", "report not text"])
+def test_malformed_gpu_evidence_is_refused_as_unreadable(gpus):
+    verdict = verify_enclave_evidence({**tdx_evidence(), "gpus": gpus}, expected_nonce=NONCE,
+                                      policy=EvidencePolicy(), now=TDX_NOW)
+
+    assert not verdict.ok and verdict.problems[0].startswith("unreadable evidence")

@@ -26,3 +26,6 @@ def cert_table(certs: dict[str, bytes]) -> bytes:
         blobs += der
         offset += len(der)
     return entries + bytes(24) + blobs
+GPU_REPORT_HEX = (DATA / "nvidia" / "hopperAttestationReport.txt").read_text().strip()
+GPU_CHAIN_PEM = (DATA / "nvidia" / "hopperCertChain.txt").read_text()
+GPU_REPORT_NONCE_OFFSET = 4  # the SPDM request's nonce: report bytes 4..35
