@@ -52,20 +52,9 @@ class SealedAnswerError(ValueError):
     """A piece of the answer that does not open as the next chunk, or is not UTF-8."""
 
 
-@dataclass(frozen=True)
-class AttestationPolicy:
-    """What the caller accepts. Empty sets allow any digest or measurement; simulated enclaves
-    prove nothing about hardware and are refused unless allowed (development only)."""
-
-    allow_simulated: bool = False
-    allowed_model_digests: frozenset[str] = frozenset()
-    allowed_code_measurements: frozenset[str] = frozenset()
-
-    def __post_init__(self):
-        for name in ("allowed_model_digests", "allowed_code_measurements"):
-            if isinstance(getattr(self, name), str):  # a bare str would become its characters
-                raise TypeError(f"{name} is a set of strings, not one string")
-            object.__setattr__(self, name, frozenset(getattr(self, name)))
+# What the caller accepts: client.attestation.enclave's policy (empty sets allow any digest or
+# measurement; simulated enclaves prove nothing about hardware and are refused unless allowed).
+AttestationPolicy = EvidencePolicy
 
 
 @dataclass(frozen=True)
@@ -102,12 +91,9 @@ def attest(http: httpx.Client, model: str, *,
     if not isinstance(enclaves, list):
         raise UpstreamError(502, upstream_invalid("the node's attestation answer has no "
                                                   "'enclaves' list"))
-    evidence_policy = EvidencePolicy(allow_simulated=policy.allow_simulated,
-                                     allowed_model_digests=policy.allowed_model_digests,
-                                     allowed_code_measurements=policy.allowed_code_measurements)
     verified, problems = [], []
     for entry in enclaves:
-        outcome = _verify_entry(entry, nonce, evidence_policy)
+        outcome = _verify_entry(entry, nonce, policy)
         if isinstance(outcome, AttestedEnclave):
             verified.append(outcome)
         else:
