@@ -26,6 +26,14 @@ class SealedJobs:
 
     enclave: Any = None
 
+    def _background(self, awaitable) -> None:
+        """Run `awaitable` on its own, holding a reference: the event loop keeps only weak ones,
+        and a task nobody holds may be collected before it runs to the end."""
+        tasks = self.__dict__.setdefault("_background_tasks", set())
+        task = asyncio.ensure_future(awaitable)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     def enclave_announcement(self) -> tuple[list[dict], dict | None]:
         """The enclave's models for the hello (each marked confidential) and its attestation
         summary, or ([], None) without an enclave."""
@@ -42,7 +50,7 @@ class SealedJobs:
         if not isinstance(request_id, str):
             log.warning("ignoring attest.request without a request_id")
             return
-        asyncio.create_task(self._attest(ws, request_id, frame.get("nonce"), frame.get("model_digest")))
+        self._background(self._attest(ws, request_id, frame.get("nonce"), frame.get("model_digest")))
 
     async def _attest(self, ws: ClientConnection, request_id: str, nonce: Any, model_digest: Any) -> None:
         if self.enclave is None:
@@ -115,4 +123,4 @@ class SealedJobs:
 
     def _cancel_sealed(self, job_id: str) -> None:
         if self.enclave is not None:
-            asyncio.ensure_future(self.enclave.cancel(job_id))
+            self._background(self.enclave.cancel(job_id))

@@ -19,12 +19,16 @@ from apps.verification.attestation import NONCE_LIFETIME_SECONDS, nonce_new, wor
 from worker import protocol
 
 logger = logging.getLogger(__name__)
+# A model still without a verdict is challenged again at the next heartbeat this long after.
+RETRY_SECONDS = 15.0
 
 
 class AttestingLink:
     """Mixed into AgentConsumer: needs `worker_id`, `send_json`, `channel_layer`."""
 
     def attest_setup(self, hello: dict) -> None:
+        self.attested_digests: set[str] = set()
+        self.attest_retry = RETRY_SECONDS  # doubles with each retry: a refused enclave is not pestered
         self.confidential_digests = [m["digest"] for m in hello["models"] if m.get("confidential")]
         self.attested_at = 0.0
 
@@ -35,8 +39,16 @@ class AttestingLink:
             await self._challenge(nonce_new(), digest, reply_to=None)
 
     async def attest_refresh_if_due(self) -> None:
-        """Called on every heartbeat: challenge again at half the verdict's lifetime."""
-        if self.confidential_digests and time.monotonic() - self.attested_at >= settings.PEER_ATTESTATION_MAX_AGE / 2:
+        """Called on every heartbeat: challenge again at half the verdict's lifetime, or after
+        RETRY_SECONDS (doubling) while a model has no verdict yet (its answer lost, refused, not recorded)."""
+        if not self.confidential_digests:
+            return
+        waited = time.monotonic() - self.attested_at
+        unverified = set(self.confidential_digests) - self.attested_digests
+        if unverified and waited >= self.attest_retry:
+            self.attest_retry = min(self.attest_retry * 2, settings.PEER_ATTESTATION_MAX_AGE / 2)
+            await self.attest_challenge()
+        elif waited >= settings.PEER_ATTESTATION_MAX_AGE / 2:
             await self.attest_challenge()
 
     async def _challenge(self, nonce: str, digest: str, *, reply_to: str | None) -> None:
@@ -64,6 +76,7 @@ class AttestingLink:
             worker_id=self.worker_id, model_digest=challenge["digest"], nonce=challenge["nonce"],
             evidence=frame["evidence"])
         if record["ok"]:
+            self.attested_digests.add(challenge["digest"])
             logger.info("worker %s attested for %s (%s%s)", self.worker_id, challenge["digest"], record["kind"],
                         ", SIMULATED: no hardware guarantee" if record["simulated"] else "")
         else:

@@ -260,3 +260,21 @@ async def test_a_models_own_allowlist_replaces_the_node_wide_one(registered):
 
     assert (await _state(worker.id))[2]
     await communicator.disconnect()
+
+
+async def test_a_model_left_without_a_verdict_is_challenged_again_at_a_later_heartbeat(registered, monkeypatch):
+    from apps.workers import attest_link
+
+    monkeypatch.setattr(attest_link, "RETRY_SECONDS", 0.0)
+    worker, token = registered
+    enclave = SimulatedEnclave()
+    communicator, first = await _online(token)  # its answer never comes
+
+    await communicator.send_json_to({"type": "heartbeat"})
+    replies = [await communicator.receive_json_from(timeout=5) for _ in range(2)]
+    again = next(r for r in replies if r["type"] == "attest.request")
+    assert again["request_id"] != first["request_id"] and again["nonce"] != first["nonce"]
+    await _answer(communicator, again, _evidence(enclave, again["nonce"]))
+
+    assert (await _state(worker.id))[2]
+    await communicator.disconnect()
