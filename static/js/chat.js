@@ -122,7 +122,7 @@ import * as confidential from "./confidential.js";
   async function onDevice(content, model) {
     const names = (root.dataset.deviceNames || "").split(",");
     if (!names.includes(model)) throw new Error(`${model} cannot run in the browser; choose ${names.join(" or ")}`);
-    const {Engine, formatChat, STOP_SEQUENCES} = await import("./browser_worker.js");
+    const {Engine, formatChat, STOP_SEQUENCES} = await import("./local_model.js");
     if (!device) {
       const missing = Engine.unsupported();
       if (missing) throw new Error(`this browser lacks ${missing}`);
