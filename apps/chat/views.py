@@ -30,7 +30,7 @@ def chat(request, conversation_id=None):
         "messages": conversation.messages.select_related("job") if conversation else [],
         "conversations": conversations_list(user=request.user), "models": chat_models(),
         "balance_credits": balance_get(user=request.user) // MICRO_PER_CREDIT,
-        # "On this device": the builtin model, run in the page (static/js/browser_worker.js's Engine).
+        # "On this device": the builtin model, run in the page (static/js/local_model.js's Engine).
         "device_model": device, "device_names": catalogue_names_for(device), "device_context": CONTEXT_LENGTH,
         "device_model_url": reverse("browser-worker-model", args=[digest_hex(device), model_file_name(device)]),
     })
