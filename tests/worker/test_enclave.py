@@ -360,7 +360,6 @@ BUILTIN = {"backend": "builtin", "threads": 2}
 def enclave_loop() -> Iterator[tuple[asyncio.AbstractEventLoop, EnclaveProcess, list[bytes]]]:
     """One enclave process with the builtin model for the module's process tests, on one loop
     (the process's pipes belong to it), with every raw line the host read."""
-    pytest.importorskip("llama_cpp")
     loop, lines = asyncio.new_event_loop(), []
     process = loop.run_until_complete(EnclaveProcess.start(BUILTIN, on_line=lines.append))
     yield loop, process, lines
@@ -470,7 +469,6 @@ def test_a_bad_request_is_a_job_error_and_cancel_ends_a_job(enclave_loop):
 
 
 def test_close_ends_the_process_and_later_calls_fail_as_lost():
-    pytest.importorskip("llama_cpp")
 
     async def scenario() -> None:
         process = await EnclaveProcess.start(BUILTIN)
@@ -485,7 +483,6 @@ def test_close_ends_the_process_and_later_calls_fail_as_lost():
 
 
 def test_a_dead_process_fails_every_pending_call():
-    pytest.importorskip("llama_cpp")
 
     async def scenario() -> None:
         process = await EnclaveProcess.start(BUILTIN)
