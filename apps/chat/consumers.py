@@ -20,32 +20,22 @@ page holds them (and seals the history with each new message).
 """
 
 import asyncio
-import json
 import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 
 from apps.credits.pricing import MICRO_PER_CREDIT, micro_to_credits_ceil
-from apps.credits.selectors import balance_get
 from apps.marketplace.admission import job_admit
 from apps.marketplace.confidential import sealed_job_create
 from apps.marketplace.errors import ApiError
 from apps.marketplace.relay import JobFailed, JobRelay
-from apps.marketplace.requests import parse_chat_request, parse_sealed_chat_request
 from apps.marketplace.services import InsufficientCredits, job_create
-from apps.marketplace.views_v1 import _entry_and_queue
 
-from .models import Message
-from .selectors import conversation_get, conversation_history
-from .services import conversation_create, message_add
+from .services import chat_answer_record, chat_message_prepare, chat_sealed_prepare
 
 logger = logging.getLogger(__name__)
 CLOSE_NOT_SIGNED_IN = 4401
-MAX_CONTENT = 8_000  # characters of one message
-BROWSER_TIERS = ("open", "verified")  # and confidential, sealed by the page (_prepare_sealed)
-CONFIDENTIAL_TITLE = "Confidential conversation"
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -56,7 +46,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_SIGNED_IN)
             return
         self.user = self.scope["user"]
-        self.relay: JobRelay | None = None
         await self.accept()
 
     async def disconnect(self, code):
@@ -78,9 +67,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.answering = asyncio.create_task(self._answer(content))
 
     async def _answer(self, request: dict):
-        prepare = self._prepare_sealed if request.get("tier") == "confidential" else self._prepare
+        prepare = chat_sealed_prepare if request.get("tier") == "confidential" else chat_message_prepare
         try:
-            prepared = await database_sync_to_async(prepare)(request)
+            prepared = await database_sync_to_async(prepare)(user=self.user, request=request)
         except ApiError as exc:
             await self._error(exc.body()["error"].get("code") or "invalid_request", exc.body()["error"]["message"])
             return
@@ -92,50 +81,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._error(exc.body()["error"].get("code") or "error", exc.body()["error"]["message"])
         finally:
             slot.release()
-
-    def _prepare(self, request: dict):
-        """The conversation (new or the user's own), the user's message saved, the chat request
-        and its catalogue entry. Raises ApiError in OpenAI's words."""
-        content, tier = request.get("content"), request.get("tier", "verified")
-        if not isinstance(content, str) or not content.strip() or len(content) > MAX_CONTENT:
-            raise ApiError(400, f"A message is 1 to {MAX_CONTENT} characters.", code="invalid_content")
-        if tier not in BROWSER_TIERS:
-            raise ApiError(400, f"'tier' must be one of {', '.join(BROWSER_TIERS)} or confidential.",
-                           code="unsupported_tier")
-        conversation = self._conversation(request)
-        max_tokens = request.get("max_tokens", settings.PEER_DEFAULT_MAX_TOKENS)
-        history = conversation_history(conversation=conversation) if conversation else []
-        body = {"model": request.get("model"), "peer_tier": tier, "max_tokens": max_tokens, "stream": True,
-                "messages": history + [{"role": "user", "content": content}]}
-        chat = parse_chat_request(json.dumps(body).encode(), default_tier="verified",
-                                  default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
-                                  max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
-        entry = _chat_entry(chat)
-        conversation = conversation or conversation_create(user=self.user, first_message=content)
-        message_add(conversation=conversation, role=Message.Role.USER, content=content)
-        return conversation, chat, entry
-
-    def _prepare_sealed(self, request: dict):
-        """As _prepare for a message the page sealed: no content reaches the node to be saved."""
-        if "content" in request:
-            raise ApiError(400, "A confidential message travels sealed only: send peer_sealed, not content.",
-                           code="plaintext_in_confidential_request")
-        conversation = self._conversation(request)
-        body = {"model": request.get("model"), "peer_tier": "confidential", "stream": True,
-                "max_tokens": request.get("max_tokens", settings.PEER_DEFAULT_MAX_TOKENS),
-                "peer_sealed": request.get("peer_sealed")}
-        chat = parse_sealed_chat_request(json.dumps(body).encode(), default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS,
-                                         max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
-        entry = _chat_entry(chat)
-        return conversation or conversation_create(user=self.user, first_message=CONFIDENTIAL_TITLE), chat, entry
-
-    def _conversation(self, request: dict):
-        if request.get("conversation") is None:
-            return None
-        conversation = conversation_get(user=self.user, conversation_id=request["conversation"])
-        if conversation is None:
-            raise ApiError(404, "No such conversation of yours.", code="conversation_not_found")
-        return conversation
 
     async def _relay(self, conversation, chat, entry):
         try:
@@ -172,7 +117,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _finish(self, conversation, relay: JobRelay, kind: str):
         job = relay.job
         text = "".join(relay.text_parts)
-        balance = await database_sync_to_async(_record_answer)(conversation=conversation, job=job, text=text)
+        balance = await database_sync_to_async(chat_answer_record)(conversation=conversation, job=job, text=text)
         proof = job.commitment if job.sealed is not None and job.commitment else {}
         try:
             await self.send_json({
@@ -187,18 +132,3 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, code: str, message: str):
         await self.send_json({"type": "error", "code": code, "message": message})
-
-
-def _chat_entry(chat):
-    entry, waiting = _entry_and_queue(name=chat.model, tier=chat.tier)
-    if entry is None or entry.kind != "chat":
-        raise ApiError(404, f"No chat model {chat.model!r} on this network.", code="model_not_found")
-    if waiting >= settings.PEER_QUEUE_LIMIT:
-        raise ApiError(429, "Too many requests are waiting for this model; retry shortly.", code="queue_full")
-    return entry
-
-
-def _record_answer(*, conversation, job, text: str) -> int:
-    if text:
-        message_add(conversation=conversation, role=Message.Role.ASSISTANT, content=text, job=job)
-    return balance_get(user=job.user) // MICRO_PER_CREDIT

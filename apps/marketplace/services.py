@@ -21,7 +21,7 @@ from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, si
 from .errors import ApiError
 from .models import Job
 from .requests import ChatRequest, EmbeddingRequest
-from .selectors import jobs_waiting_count
+from .selectors import catalogue_get, jobs_waiting_count
 from .tokens import count_embedding_tokens, count_tokens
 from .vectors import float32_bytes, inputs_text
 
@@ -37,6 +37,19 @@ class Quote:
     prompt_tokens: int
     amount: int
     price_ceiling: int
+
+
+def catalogue_entry_open(*, name: str, tier: str) -> CatalogueModel:
+    """The active catalogue entry called `name` (ApiError 404 if none), if its queue for `tier`
+    has room (429 if not): the early answer; job creation counts again under a lock."""
+    entry = catalogue_get(name=name)
+    if entry is None:
+        raise ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models "
+                       "lists them.", param="model", code="model_not_found")
+    if jobs_waiting_count(public_model=entry.name, tier=tier) >= settings.PEER_QUEUE_LIMIT:
+        raise ApiError(429, f"{entry.name} ({tier}) has {settings.PEER_QUEUE_LIMIT} requests waiting for a "
+                       "worker; retry shortly.", code="queue_full", headers={"Retry-After": "5"})
+    return entry
 
 
 def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:

@@ -25,8 +25,8 @@ from .confidential import sealed_job_create
 from .requests import (
     parse_chat_request, parse_completion_request, parse_embedding_request, parse_sealed_chat_request, requested_tier,
 )
-from .selectors import catalogue_get, job_get, jobs_waiting_count, models_listing
-from .services import InsufficientCredits, embed_job_create, job_create
+from .selectors import job_get, models_listing
+from .services import InsufficientCredits, catalogue_entry_open, embed_job_create, job_create
 
 logger = logging.getLogger(__name__)
 
@@ -198,21 +198,8 @@ def _body(request) -> bytes:
 
 
 async def _catalogue_entry(name: str, *, tier: str):
-    """The active catalogue entry called `name` (404 if none), if its queue has room (429 if not)."""
-    entry, waiting = await database_sync_to_async(_entry_and_queue)(name=name, tier=tier)
-    if entry is None:
-        raise ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models "
-                       "lists them.", param="model", code="model_not_found")
-    if waiting >= settings.PEER_QUEUE_LIMIT:
-        raise ApiError(429, f"{entry.name} ({tier}) has {settings.PEER_QUEUE_LIMIT} requests waiting for a "
-                       "worker; retry shortly.", code="queue_full", headers={"Retry-After": "5"})
-    return entry
-
-
-def _entry_and_queue(*, name: str, tier: str):
-    """One database call (a thread hop and a pooled connection) for the entry and its queue."""
-    entry = catalogue_get(name=name)
-    return entry, (jobs_waiting_count(public_model=entry.name, tier=tier) if entry is not None else 0)
+    """services.catalogue_entry_open in one database call (a thread hop and a pooled connection)."""
+    return await database_sync_to_async(catalogue_entry_open)(name=name, tier=tier)
 
 
 async def _create_paid_job(request, *, create, **job):

@@ -15,8 +15,7 @@ from apps.credits.services import credits_grant
 from apps.marketplace.demo import catalogue_seed_builtin
 from apps.marketplace.relay import JobRelay
 from apps.marketplace.requests import parse_chat_request
-from apps.marketplace.services import job_create
-from apps.marketplace.views_v1 import _entry_and_queue
+from apps.marketplace.services import catalogue_entry_open, job_create
 from apps.workers.models import CatalogueModel, Worker
 from apps.workers.services import worker_register, worker_release
 
@@ -55,7 +54,7 @@ def _job_statements(alice, raw_key, entry) -> dict[str, list[str]]:
                        "max_tokens": 8, "peer_tier": "open"}).encode()
     chat = parse_chat_request(body, default_tier="verified", default_max_tokens=32, max_tokens_limit=1024)
     step("authenticate", lambda: api_key_authenticate(raw_key=raw_key))
-    step("entry and queue", lambda: _entry_and_queue(name=entry.name, tier="open"))
+    step("entry and queue", lambda: catalogue_entry_open(name=entry.name, tier="open"))
     job = step("create and hold", lambda: job_create(user=alice, chat=chat, entry=entry))
     relay = JobRelay(job=job, entry=entry, route=chat.route)
     worker_id, _, model = step("claim and start", relay._claim_next)
