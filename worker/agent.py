@@ -166,7 +166,7 @@ class Agent(EmbeddingJobs, SealedJobs):
     def _hello(self) -> dict[str, Any]:
         enclave_models, attestation = self.enclave_announcement()
         frame = protocol.hello(token=self.config.token, agent_version=__version__,
-                               models=[{**s.model.announce(), "validates": can_validate(s.backend)}
+                               models=[{**s.model.announce(), "validates": can_validate(s.backend, s.model.kind)}
                                        for s in self.served] + enclave_models,
                                backends=list(dict.fromkeys(b.name for b in self.backends)),
                                hardware=self.hardware, signing_key=public_key_text(self.signing_key),

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 from worker import __version__
 from worker.backends import BACKEND_NAMES, BackendOptions, BackendUnavailable
-from worker.cheat import CHEAT_MODES, CheatingBackend
+from worker.cheat import CHEAT_MODES, CheatingBackend, CheatingEmbedder
 from worker.keys import DEFAULT_KEY_FILE
 
 EXIT_REFUSED = 3  # token refused: a configuration problem, not a crash (2 is argparse usage)
@@ -117,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cheat", choices=CHEAT_MODES,
         help="ADVERSARIAL, for demos and tests only: substitute a cheaper output on a fraction of "
              "the chat jobs (truncate: stop at a third of max_tokens; cached: replay an earlier "
-             "answer) and sign it as honest; the verified tier's re-execution is what catches it")
+             "answer) and embedding chunks (truncate: embed a third of each input's words; cached: "
+             "replay one vector) and sign it as honest; the verified tier's re-execution catches it")
     add("--cheat-rate", metavar="P", type=float,
-        help="the fraction of chat jobs --cheat substitutes (0..1, default 1)")
+        help="the fraction of chat jobs and embedding chunks --cheat substitutes (0..1, default 1)")
     add("--key-file", metavar="FILE",
         help="the worker's Ed25519 signing key (PEM), created there on first use; it signs "
              "every job's commitment (env PEER_WORKER_KEY_FILE; default "
@@ -360,13 +361,16 @@ def load_backends(settings: Settings, *, chat: bool = True) -> list[Any]:
     if settings.cheat and backends:
         log.warning("ADVERSARIAL MODE: --cheat %s on %.0f%% of chat jobs", settings.cheat, settings.cheat_rate * 100)
         backends[0] = CheatingBackend(backends[0], mode=settings.cheat, rate=settings.cheat_rate)
-    if settings.embeddings == "minilm":
-        backends.append(load_embedding_backend("minilm", threads=settings.threads))
+    if settings.embeddings == "minilm" or (settings.embeddings == "auto" and minilm.available()):
+        embedder = load_embedding_backend("minilm", threads=settings.threads)
+        if settings.cheat:
+            log.warning("ADVERSARIAL MODE: --cheat %s on %.0f%% of embedding chunks", settings.cheat,
+                        settings.cheat_rate * 100)
+            embedder = CheatingEmbedder(embedder, mode=settings.cheat, rate=settings.cheat_rate,
+                                        dimensions=minilm.DIMENSIONS)
+        backends.append(embedder)
     elif settings.embeddings == "auto":
-        if minilm.available():
-            backends.append(load_embedding_backend("minilm", threads=settings.threads))
-        else:
-            log.info("no embedding model: the minilm packages are not installed")
+        log.info("no embedding model: the minilm packages are not installed")
     return backends
 
 

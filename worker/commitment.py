@@ -92,19 +92,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m worker.commitment",
         description="Check a job's proof offline: recompute the commitment from the answer's text "
-                    "and verify the worker's Ed25519 signature.")
+                    "(or an embedding job's vectors) and verify the worker's Ed25519 signature.")
     parser.add_argument("proof", help="the JSON of GET /v1/jobs/{id}/proof (a file, or - for stdin)")
-    parser.add_argument("--output", required=True, help="a file holding the answer's text exactly as received")
+    parser.add_argument("--output", help="a file holding the answer's text exactly as received")
     parser.add_argument("--prompt", help="a file holding the prompt as the worker ran it (optional)")
+    parser.add_argument("--vectors", help="embedding jobs: the /v1/embeddings response (JSON, either "
+                                          "encoding_format) or a JSON list of the vectors, in order")
+    parser.add_argument("--inputs", help="embedding jobs: a JSON list of the texts sent (optional)")
     args = parser.parse_args(argv)
+    if (args.output is None) == (args.vectors is None):
+        parser.error("give --output (a chat or completion answer) or --vectors (an embedding job)")
     proof = json.load(sys.stdin if args.proof == "-" else open(args.proof, encoding="utf-8"))
-    output = open(args.output, encoding="utf-8").read()
-    prompt = open(args.prompt, encoding="utf-8").read() if args.prompt else None
-    problems = proof_problems(proof, output=output, prompt=prompt)
+    if args.vectors is not None:
+        from worker.embedding_commitment import embedding_proof_problems, response_vectors
+
+        vectors = response_vectors(json.load(open(args.vectors, encoding="utf-8")))
+        texts = json.load(open(args.inputs, encoding="utf-8")) if args.inputs else None
+        problems = embedding_proof_problems(proof, vectors=vectors, texts=texts)
+        signed = f"{len(proof['commitment'].get('chunks') or [])} chunk(s)"
+    else:
+        output = open(args.output, encoding="utf-8").read()
+        prompt = open(args.prompt, encoding="utf-8").read() if args.prompt else None
+        problems = proof_problems(proof, output=output, prompt=prompt)
+        signed = f"commitment {proof['commitment']['hash']}"
     for problem in problems:
         print(f"FAIL: {problem}")
     if not problems:
-        print(f"OK: commitment {proof['commitment']['hash']} signed by {proof['worker_public_key']}")
+        print(f"OK: {signed} signed by {proof['worker_public_key']}")
     return 1 if problems else 0
 
 

@@ -1,5 +1,7 @@
 """The agent's embedding jobs (embed.assign -> embed.done | job.error): one vector per input,
 computed in a thread by an EmbeddingBackend; no job.accepted and no job.delta (worker/protocol.py).
+Each embed.done carries the agent's signed commitment over the chunk (worker/embedding_commitment.py).
+A validator re-executing another worker's embedding job gets the same frames and answers alike.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from websockets.exceptions import ConnectionClosed
 
 from worker import protocol
 from worker.backends import BackendError
+from worker.commitment import commitment_sign
+from worker.embedding_commitment import chunk_commitment
 
 log = logging.getLogger("worker.agent")
 
 
 class EmbeddingJobs:
     """Mixed into worker.agent.Agent: needs `_job`, `_find`, `_unavailable`, `_refuse`,
-    `_send_frame` and `_new_job`."""
+    `_send_frame`, `_new_job` and `signing_key`."""
 
     async def _on_embed(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         job_id = frame.get("job_id")
@@ -82,5 +86,9 @@ class EmbeddingJobs:
             log.exception("job %s: embedding backend failure", job_id)
             return {"type": "job.error", "job_id": job_id, "code": "backend_error",
                     "message": f"{type(exc).__name__}: {exc}"}
+        _, commitment = chunk_commitment(model_id=served.model.id, model_digest=served.model.digest,
+                                         texts=inputs, vectors=result.data)
         return protocol.embed_done(job_id=job_id, model_digest=served.model.digest,
-                                   data=result.data, prompt_tokens=result.prompt_tokens)
+                                   data=result.data, prompt_tokens=result.prompt_tokens,
+                                   commitment=commitment,
+                                   signature=commitment_sign(self.signing_key, commitment))

@@ -53,7 +53,8 @@ _AGENT_FRAMES: dict[str, dict[str, tuple[type, ...]]] = {
 
 _MODEL_FIELDS: dict[str, tuple[type, ...]] = {"id": (str,), "digest": (str,), "backend": (str,)}
 # Fields a frame may carry, as strings when present: the signing key, the signed commitment.
-_OPTIONAL_TEXT = {"hello": ("signing_key",), "job.done": ("commitment", "signature", "enclave_signature")}
+_OPTIONAL_TEXT = {"hello": ("signing_key",), "job.done": ("commitment", "signature", "enclave_signature"),
+                  "embed.done": ("commitment", "signature")}
 
 
 def _is_public_key(text: str) -> bool:
@@ -188,10 +189,16 @@ def embed_assign(*, job_id: str, model: str, model_digest: str,
             "input": list(input)}
 
 
-def embed_done(*, job_id: str, model_digest: str, data: list[list[float]],
-               prompt_tokens: int) -> dict[str, Any]:
-    return {"type": "embed.done", "job_id": job_id, "model_digest": model_digest, "data": data,
-            "usage": {"prompt_tokens": prompt_tokens}}
+def embed_done(*, job_id: str, model_digest: str, data: list[list[float]], prompt_tokens: int,
+               commitment: str | None = None, signature: str | None = None) -> dict[str, Any]:
+    """One chunk's vectors. `commitment`: the hash over this chunk (worker/embedding_commitment.py),
+    `signature` the agent's Ed25519 signature of it; optional (older agents send neither), and
+    required by the node on the verified tier."""
+    frame = {"type": "embed.done", "job_id": job_id, "model_digest": model_digest, "data": data,
+             "usage": {"prompt_tokens": prompt_tokens}}
+    if signature is not None:
+        frame.update(commitment=commitment, signature=signature)
+    return frame
 
 
 def job_cancel(*, job_id: str, reason: str) -> dict[str, Any]:

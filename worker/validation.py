@@ -15,7 +15,15 @@ from typing import Any
 from worker.backends import BackendError, Finish, Request
 
 
-def can_validate(backend: Any) -> bool:
+def can_validate(backend: Any, kind: str = "chat") -> bool:
+    """Whether this agent offers to re-execute others' jobs of `kind` with `backend`. A chat
+    validator must score answers; an embedding validator only embeds the job's texts again
+    (embed.assign, as for any job: the node compares the vectors). An agent in --cheat mode is
+    never a validator: it would vouch with the same cheaper output."""
+    if getattr(backend, "adversarial", False):
+        return False
+    if kind == "embedding":
+        return callable(getattr(backend, "embed", None))
     return callable(getattr(backend, "score", None))
 
 

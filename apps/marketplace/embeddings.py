@@ -7,7 +7,9 @@ embed.done or job.error on the job's group `job.<uuid>`. The worker stays claime
 chunks (its consumer releases it on a job.error, the relay at the end).
 
 A worker that errors, drops, or sends vectors that are not one finite vector of the model's
-length per input is left (and, unless it was merely busy, its reputation falls); the next
+length per input is left (and, unless it was merely busy, its reputation falls); so is, on the
+verified tier, one whose chunk does not carry its valid signature over the node's own chunk
+commitment (worker/embedding_commitment.py; a failed verification's reputation cut). The next
 worker then embeds every input again, so that one worker stands behind the whole answer, its
 commitment and its pay. The client sees a failover only as latency. No worker in time: 503,
 the whole hold refunded; past PEER_JOB_TIMEOUT: 504, refunded; the channel layer failing: 503,
@@ -23,13 +25,14 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from apps.workers.metrics import worker_completion_record, worker_outcome_record
-from apps.workers.models import CatalogueModel
+from apps.workers.models import CatalogueModel, Worker
 from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import worker_job_state
 from apps.workers.services import worker_claim_best, worker_release
 from worker import protocol
 
+from .embedding_proofs import ChunkRejected, chunk_proof
 from .models import Job
 from .relay import (LAST_FRAME_WAIT, LAYER_ERRORS, ROUTE_POLL_SECONDS, SILENCE_CHECK_SECONDS, JobFailed, JobMailbox,
                     job_group)
@@ -60,6 +63,7 @@ class EmbedRelay(JobMailbox):
         self.layer = get_channel_layer()
         self.channel = ""
         self.worker_id = self.worker_channel = self.model = None
+        self.worker_key = ""  # the claimed worker's announced Ed25519 key: it signs each chunk
         self.worker_working = False  # a chunk was sent to the claimed worker and not yet answered
         self.tried: set = set()
         self._receiving: asyncio.Future | None = None
@@ -94,12 +98,13 @@ class EmbedRelay(JobMailbox):
             await self._claim(deadline=min(deadline, time.monotonic() + settings.PEER_QUEUE_TIMEOUT))
             started = time.monotonic()
             try:
-                vectors, first_chunk = await self._embed_all(deadline)
+                vectors, chunks, first_chunk = await self._embed_all(deadline)
             except _WorkerFault as fault:
                 await self._leave_worker(fault)
                 continue
             self.job = await db(embed_job_complete)(job_id=self.job.id, vectors=vectors,
-                                                    model_digest=self.model["digest"])
+                                                    model_digest=self.model["digest"], chunks=chunks,
+                                                    public_key=self.worker_key)
             await db(self._record_success)(started, first_chunk)
             return vectors
 
@@ -113,6 +118,7 @@ class EmbedRelay(JobMailbox):
                 worker_id, channel, model, price = claimed
                 self.tried.add(str(worker_id))
                 self.worker_id, self.worker_channel, self.model = worker_id, channel, model
+                self.worker_key = await db(_signing_key)(worker_id)
                 if not await db(job_start)(job_id=self.job.id, worker_id=worker_id,
                                            model_digest=model["digest"], price_per_token=price):
                     raise JobFailed(504, "job_timeout", "The job passed its deadline before it ran.")
@@ -123,9 +129,10 @@ class EmbedRelay(JobMailbox):
                                 "Your credits were not charged.")
             await asyncio.sleep(ROUTE_POLL_SECONDS)
 
-    async def _embed_all(self, deadline: float) -> tuple[list[list[float]], float]:
-        """The claimed worker's vectors for every input, and the seconds its first chunk took."""
-        inputs, vectors = self.job.inputs, []
+    async def _embed_all(self, deadline: float) -> tuple[list[list[float]], list[dict], float]:
+        """The claimed worker's vectors for every input, each chunk's proof (embedding_proofs.py),
+        and the seconds its first chunk took."""
+        inputs, vectors, chunks = self.job.inputs, [], []
         first_chunk = None
         for start in range(0, len(inputs), CHUNK):
             chunk = inputs[start:start + CHUNK]
@@ -150,9 +157,14 @@ class EmbedRelay(JobMailbox):
                                       dimensions=self.entry.dimensions or (len(vectors[0]) if vectors else None))
             if problem:
                 raise _WorkerFault("bad_vectors", problem)
+            try:
+                chunks.append(chunk_proof(frame, texts=chunk, model_id=self.model["id"],
+                                          public_key=self.worker_key, required=self.job.tier == "verified"))
+            except ChunkRejected as rejected:
+                raise _WorkerFault("commitment_rejected", str(rejected)) from None
             vectors.extend(frame["data"])
             first_chunk = first_chunk if first_chunk is not None else time.monotonic() - sent
-        return vectors, first_chunk
+        return vectors, chunks, first_chunk
 
     async def _answer(self, deadline: float) -> dict:
         """The claimed worker's embed.done or job.error; TimeoutError at the deadline, and a
@@ -181,7 +193,9 @@ class EmbedRelay(JobMailbox):
 
     async def _leave_worker(self, fault: _WorkerFault) -> None:
         logger.info("embedding job %s leaves worker %s: %s: %s", self.job.id, self.worker_id, fault.code, fault)
-        if fault.code != "busy":  # a busy worker did nothing wrong; any other fault counts
+        if fault.code == "commitment_rejected":  # as a chat answer it did not sign (relay.py)
+            await db(worker_outcome_record)(worker_id=self.worker_id, outcome="verification_failed")
+        elif fault.code != "busy":  # a busy worker did nothing wrong; any other fault counts
             await db(worker_outcome_record)(worker_id=self.worker_id, outcome="failed")
         await self._let_go_of_worker()
 
@@ -199,6 +213,7 @@ class EmbedRelay(JobMailbox):
                                self.worker_id, self.job.id, exc)
         await db(worker_release)(worker_id=self.worker_id, job_id=self.job.id)
         self.worker_id = self.worker_channel = self.model = None
+        self.worker_key = ""
         self.worker_working = False
 
     async def _let_go(self) -> None:
@@ -215,3 +230,7 @@ class EmbedRelay(JobMailbox):
         elapsed = time.monotonic() - started
         worker_completion_record(worker_id=self.worker_id, model_id=self.model["id"], ttft_ms=first_chunk * 1000,
                                  tokens_per_second=self.job.prompt_tokens / elapsed if elapsed > 0.001 else None)
+
+
+def _signing_key(worker_id) -> str:
+    return Worker.objects.filter(id=worker_id).values_list("signing_key", flat=True).first() or ""

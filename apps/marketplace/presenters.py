@@ -24,9 +24,16 @@ def peer_object(job: Job) -> dict:
         "usage_source": commitment.get("usage_source"),
         "commitment": {"hash": commitment.get("hash"), "inputs": commitment.get("inputs"),
                        "signature": commitment.get("signature"),
-                       "worker_public_key": commitment.get("worker_public_key")} if commitment else None,
+                       "worker_public_key": commitment.get("worker_public_key"),
+                       **_chunks(commitment)} if commitment else None,
         "attestation": None,
     }
+
+
+def _chunks(commitment: dict) -> dict:
+    """An embedding job's signed chunks (worker/embedding_commitment.py): its job-level hash is
+    the node's; each chunk's is the worker's, signed. Absent for generation jobs."""
+    return {"chunks": commitment["chunks"]} if "chunks" in commitment else {}
 
 
 def _peer_common(job: Job) -> dict:
@@ -61,7 +68,7 @@ def proof_body(job: Job, verification: dict) -> dict:
         "worker_id": str(job.worker_id) if job.worker_id else None,
         "worker_public_key": commitment.get("worker_public_key"),
         "commitment": {"hash": commitment.get("hash"), "inputs": commitment.get("inputs"),
-                       "signature": commitment.get("signature")} if commitment else None,
+                       "signature": commitment.get("signature"), **_chunks(commitment)} if commitment else None,
         "verification": verification,
     }
 

@@ -247,12 +247,16 @@ def embed_job_create(*, user, embedding: EmbeddingRequest, entry: CatalogueModel
         prompt_sha256=sha256_hex(inputs_text(embedding.inputs)))
 
 
-def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str) -> Job:
+def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str, chunks: list[dict] | None = None,
+                       public_key: str = "") -> Job:
     """Capture the price for the node's token count at the serving worker's offer, release the
-    rest, and commit to the vectors. Locks the job row, then the ledger accounts; a no-op on a
-    job already settled. The vectors are not stored: the commitment hashes them."""
+    rest, and commit to the vectors. `chunks`: each chunk's proof, the worker's signature checked
+    (embedding_proofs.chunk_proof), signed by `public_key`. Locks the job row, then the ledger
+    accounts; a no-op on a job already settled. A verified job's vectors are kept (as a chat
+    answer's text is) for validators to compare with; others' only as the commitment's hash."""
     # The output is the base64 of the float32 vectors: exact, where printed decimals are not.
     output = base64.b64encode(float32_bytes(vectors)).decode("ascii")
+    signed = bool(chunks) and all(chunk.get("signature") for chunk in chunks)
 
     def settle(job: Job) -> tuple[int, dict]:
         charge = min(job.hold_amount, job_price(
@@ -260,8 +264,15 @@ def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str)
             prompt_tokens=job.prompt_tokens, completion_tokens=0))
         inputs = commitment_inputs(model_id=job.served_model, model_digest=model_digest, seed=job.seed,
                                    params={}, prompt=inputs_text(job.inputs), output=output)
+        # A verified job signed chunk by chunk goes to the sampler's draw (apps/verification).
+        awaiting = job.tier == "verified" and signed
         return charge, {"completion_tokens": 0, "finish_reason": "stop", "model_digest": model_digest,
+                        "output_text": output if awaiting else "",
+                        "verification_status": Job.Verification.AWAITING if awaiting else Job.Verification.NONE,
                         "commitment": {"inputs": inputs, "hash": commitment_hash(inputs),
-                                       "usage_source": job.params.get("usage_source")}}
+                                       "usage_source": job.params.get("usage_source"), "signature": None,
+                                       "chunks": chunks or [],
+                                       "worker_public_key": public_key if any(
+                                           c.get("signature") for c in chunks or []) else None}}
 
     return _job_capture(job_id=job_id, settle=settle)

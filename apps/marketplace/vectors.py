@@ -2,21 +2,12 @@
 use. Pure, no I/O."""
 
 import base64
-import json
 import math
-import struct
+
+# The canonical encodings live with the agent, which signs over them (docs/verification.md).
+from worker.embedding_commitment import float32_bytes, inputs_text  # noqa: F401 (re-exported)
 
 FLOAT32_MAX = 3.4028234663852886e38
-
-def inputs_text(inputs: list[str]) -> str:
-    """The texts of an embedding job as one string (canonical JSON): what its prompt hash covers."""
-    return json.dumps(inputs, ensure_ascii=False, separators=(",", ":"))
-
-
-def float32_bytes(vectors: list[list[float]]) -> bytes:
-    """Every vector, in order, as little-endian float32: OpenAI's base64 encoding_format decodes
-    to exactly these (its SDK reads them with numpy's float32 or array('f'))."""
-    return b"".join(struct.pack(f"<{len(vector)}f", *vector) for vector in vectors)
 
 
 def float32_base64(vector: list[float]) -> str:

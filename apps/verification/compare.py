@@ -15,16 +15,27 @@
    against the agent's 512 differed on 9 of 24 sampled honest answers, tests/bench/
    bench_verification.py). Never evidence of a fault.
 
+Embedding jobs (compare_vectors): the validator embeds the same texts in the same chunks. The
+same float32s are a **match**; otherwise every vector must point the same way (cosine similarity
+at least VECTOR_COSINE_MIN) with the same length (norms within VECTOR_NORM_TOLERANCE) to be
+**plausible** (honest nondeterminism: other thread counts, CPUs); any other is a **mismatch**.
+
 A mismatch is evidence, not yet a verdict: a second validator must confirm it before a bond is
 slashed (services.verdict_apply). The thresholds are provisional: set from one machine's measurements.
 """
 
+import math
 from dataclasses import dataclass
 from statistics import mean
+
+from worker.embedding_commitment import float32_bytes
 
 GREEDY_MEAN_MIN = -2.0
 GREEDY_TOKEN_MIN = -5.0
 GREEDY_END_MIN = -4.0
+# Embeddings (docs/verification.md, "Embedding jobs"): set from measured honest variation.
+VECTOR_COSINE_MIN = 0.999
+VECTOR_NORM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class Comparison:
     reason: str
     mean_logprob: float | None = None
     lowest_logprob: float | None = None
+    lowest_similarity: float | None = None  # embeddings: the least cosine similarity of any vector
 
 
 def compare(*, claimed: str, claimed_finish: str, temperature: float, evidence: Evidence) -> Comparison:
@@ -64,3 +76,28 @@ def compare(*, claimed: str, claimed_finish: str, temperature: float, evidence: 
     if problems:
         return Comparison("mismatch", "; ".join(problems), **figures)
     return Comparison("plausible", "a greedy answer likely under the validator's model", **figures)
+
+
+def compare_vectors(*, claimed: list[list[float]], validator: list[list[float]]) -> Comparison:
+    """The claimed vectors of an embedding job against a validator's for the same texts, in order."""
+    if len(claimed) != len(validator) or any(len(a) != len(b) for a, b in zip(claimed, validator)):
+        return Comparison("mismatch", f"{len(claimed)} claimed vectors against the validator's {len(validator)}, "
+                          "or of other lengths")
+    # As float32s: the agent sends each as a decimal that names it, the job keeps the float32 itself.
+    if float32_bytes(claimed) == float32_bytes(validator):
+        return Comparison("match", "the validator's vectors are the same float32s", lowest_similarity=1.0)
+    worst, worst_index, worst_norm = 1.0, 0, 0.0
+    for index, (a, b) in enumerate(zip(claimed, validator)):
+        norm_a, norm_b = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+        cosine = sum(x * y for x, y in zip(a, b)) / (norm_a * norm_b) if norm_a and norm_b else 0.0
+        if cosine < worst:
+            worst, worst_index = cosine, index
+        worst_norm = max(worst_norm, abs(norm_a - norm_b) / max(norm_b, 1e-12))
+    if worst < VECTOR_COSINE_MIN:
+        return Comparison("mismatch", f"vector {worst_index} has cosine similarity {worst:.6f} with the "
+                          f"validator's, below {VECTOR_COSINE_MIN}", lowest_similarity=worst)
+    if worst_norm > VECTOR_NORM_TOLERANCE:
+        return Comparison("mismatch", f"a vector's length differs from the validator's by {worst_norm:.2e}, "
+                          f"over {VECTOR_NORM_TOLERANCE}", lowest_similarity=worst)
+    return Comparison("plausible", "every vector within the honest variation of the validator's",
+                      lowest_similarity=worst)

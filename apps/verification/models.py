@@ -62,6 +62,8 @@ class Validation(models.Model):
     mean_logprob = models.FloatField(null=True, blank=True)
     lowest_logprob = models.FloatField(null=True, blank=True)
     end_logprob = models.FloatField(null=True, blank=True)
+    lowest_similarity = models.FloatField(null=True, blank=True,
+                                          help_text="embedding jobs: the least cosine similarity of a vector")
     validator_output_sha256 = models.CharField(max_length=64, blank=True)
     paid = models.BooleanField(default=False, help_text="the validator's pay was posted")
     created_at = models.DateTimeField(auto_now_add=True)

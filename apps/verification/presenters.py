@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from django.conf import settings
 
+from apps.marketplace.embedding_proofs import chunks_signed
 from apps.marketplace.models import Job
 from apps.staking.models import Slash
 
@@ -19,7 +20,7 @@ def verification_status(job: Job) -> str:
     """The job's verification status; for jobs the sampler never draws for, why not."""
     if job.verification_status:
         return job.verification_status
-    signed = bool((job.commitment or {}).get("signature"))
+    signed = bool((job.commitment or {}).get("signature")) or chunks_signed(job.commitment)
     return "not_applicable" if signed else "unsigned"
 
 
@@ -29,7 +30,7 @@ def validation_body(validation: Validation) -> dict:
             "validator_id": str(validation.validator_id) if validation.validator_id else None,
             "outcome": validation.outcome or None, "detail": validation.detail or None,
             "mean_logprob": validation.mean_logprob, "lowest_logprob": validation.lowest_logprob,
-            "end_logprob": validation.end_logprob,
+            "end_logprob": validation.end_logprob, "lowest_similarity": validation.lowest_similarity,
             "validator_output_sha256": validation.validator_output_sha256 or None,
             "challenge_id": str(validation.challenge_id) if validation.challenge_id else None,
             "finished_at": _when(validation.finished_at)}

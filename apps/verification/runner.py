@@ -17,6 +17,7 @@ from django.conf import settings
 from apps.marketplace.relay import LAYER_ERRORS, job_group
 from worker import protocol
 
+from .embedding_checks import embeddings_exchange
 from .services import Assignment, validation_attempt_failed, validation_record, validator_claim
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ async def validation_run(validation_id) -> None:
         if assignment is None:
             return
         answer = await _exchange(assignment)
-        if answer["type"] == "validate.done":
+        if answer["type"] in ("validate.done", "embed.result"):
             follow_up = await database_sync_to_async(validation_record)(
                 validation_id=current, worker_id=assignment.worker_id, done=answer)
             current = follow_up.id if follow_up is not None else None
@@ -43,13 +44,17 @@ async def validation_run(validation_id) -> None:
 
 async def _exchange(assignment: Assignment) -> dict:
     """Send the assignment and wait for the validator's last frame: validate.done or job.error
-    (a timeout and a failing layer are told as job.error too)."""
+    (a timeout and a failing layer are told as job.error too); for an embedding job, its vectors
+    for every chunk (embedding_checks.embeddings_exchange)."""
     layer = get_channel_layer()
     group = job_group(assignment.job_id)
     channel = ""
     try:
         channel = await layer.new_channel()
         await layer.group_add(group, channel)
+        if assignment.chunks is not None:
+            async with asyncio.timeout(settings.PEER_VERIFY_TIMEOUT):
+                return await embeddings_exchange(layer, channel, assignment)
         await layer.send(assignment.channel, {"type": "agent.send", "frame": assignment.frame, "reply_to": channel})
         async with asyncio.timeout(settings.PEER_VERIFY_TIMEOUT):
             while True:

@@ -29,7 +29,8 @@ from apps.workers.roster import roster_changed
 from apps.workers.services import worker_claim_first, worker_release
 
 from . import challenges
-from .compare import Evidence, compare
+from .compare import Comparison, Evidence, compare
+from .embedding_checks import embed_assign_frames, embedding_comparison
 from .models import Challenge, Validation
 from .sampling import drawn, sample_rate
 from .selectors import bond_slashable, validator_candidates
@@ -64,7 +65,8 @@ class Assignment:
     job_id: object
     worker_id: object
     channel: str
-    frame: dict  # the validate.assign to send
+    frame: dict | None  # the validate.assign to send (a generation job)
+    chunks: list[dict] | None = None  # an embedding job's embed.assign frames, sent in turn
 
 
 def validator_claim(*, validation_id) -> Assignment | None:
@@ -92,6 +94,9 @@ def validator_claim(*, validation_id) -> Assignment | None:
         validation.state, validation.validator_id, validation.started_at = \
             Validation.State.RUNNING, worker_id, timezone.now()
         validation.save(update_fields=["state", "validator", "started_at"])
+        if job.kind == Job.Kind.EMBEDDING:
+            return Assignment(validation.id, job.id, worker_id, channel, None,
+                              chunks=embed_assign_frames(job=job, model=model))
         frame = protocol.validate_assign(
             job_id=str(job.id), model=model["id"], model_digest=job.model_digest, params=job.params,
             output=job.output_text, messages=job.messages if job.is_chat else None, prompt=job.raw_prompt)
@@ -122,9 +127,10 @@ def validation_attempt_failed(*, validation_id, worker_id, why: str) -> Validati
 
 
 def validation_record(*, validation_id, worker_id, done: dict) -> Validation | None:
-    """Compare the validator's validate.done with the job's answer, record the outcome, pay the
-    validator and apply the verdict: the confirming Validation to run next, or None. A stale
-    answer (from a validator no longer assigned) is ignored."""
+    """Compare the validator's answer (validate.done; for an embedding job, its vectors for every
+    input: {"model_digest", "data"}) with the job's, record the outcome, pay the validator and
+    apply the verdict: the confirming Validation to run next, or None. A stale answer (from a
+    validator no longer assigned) is ignored."""
     with transaction.atomic(durable=True):
         validation = Validation.objects.select_for_update(of=("self",)).select_related("job").get(id=validation_id)
         if validation.state != Validation.State.RUNNING or str(validation.validator_id) != str(worker_id):
@@ -132,23 +138,33 @@ def validation_record(*, validation_id, worker_id, done: dict) -> Validation | N
         job = validation.job
         stale = done.get("model_digest") != job.model_digest
         if not stale:
-            comparison = compare(claimed=job.output_text, claimed_finish=job.finish_reason,
-                                 temperature=float(job.params.get("temperature") or 0.0),
-                                 evidence=Evidence(output=done["output"], token_logprobs=done["token_logprobs"],
-                                                   end_logprob=done.get("end_logprob")))
+            comparison, validation.validator_output_sha256 = _comparison(job, done)
             validation.state, validation.outcome, validation.detail = \
                 Validation.State.DONE, comparison.outcome, comparison.reason[:300]
             validation.mean_logprob, validation.lowest_logprob = comparison.mean_logprob, comparison.lowest_logprob
+            validation.lowest_similarity = comparison.lowest_similarity
             validation.end_logprob = done.get("end_logprob")
-            validation.validator_output_sha256 = hashlib.sha256(done["output"].encode()).hexdigest()
             validation.finished_at = timezone.now()
             validation.save()
+            if job.kind == Job.Kind.EMBEDDING:  # its consumer keeps an embedder claimed across chunks
+                worker_release(worker_id=worker_id, job_id=job.id)
     if stale:
         validation_attempt_failed(validation_id=validation_id, worker_id=worker_id,
                                   why=f"it ran digest {done.get('model_digest')}, not {job.model_digest}")
         return None
     validator_pay(validation=validation)
     return verdict_apply(validation_id=validation_id)
+
+
+def _comparison(job: Job, done: dict) -> tuple[Comparison, str]:
+    """The comparison of the validator's answer with the job's, and the sha256 of its output."""
+    if job.kind == Job.Kind.EMBEDDING:
+        return embedding_comparison(job=job, vectors=done["data"])
+    comparison = compare(claimed=job.output_text, claimed_finish=job.finish_reason,
+                         temperature=float(job.params.get("temperature") or 0.0),
+                         evidence=Evidence(output=done["output"], token_logprobs=done["token_logprobs"],
+                                           end_logprob=done.get("end_logprob")))
+    return comparison, hashlib.sha256(done["output"].encode()).hexdigest()
 
 
 def validator_pay(*, validation: Validation) -> bool:

@@ -29,6 +29,7 @@ from apps.workers.services import worker_register
 from tests.conftest import bond
 from worker import protocol
 from worker.commitment import commitment_hash, commitment_inputs, commitment_sign, public_key_text
+from worker.embedding_commitment import chunk_commitment
 from worker.prompt import job_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,8 +140,9 @@ def agent_process(node_url, catalogue, bob_worker):
         yield worker
 
 
-class _SigningLink:
-    """A scripted agent's socket: records the deltas it sends and signs its job.done frames."""
+class SigningLink:
+    """A scripted agent's socket: records the deltas it sends and signs its job.done frames, and
+    its embed.done frames over the chunk last assigned (`jobs` holds each job's last assignment)."""
 
     def __init__(self, ws, key):
         self.ws, self.key = ws, key
@@ -162,6 +164,11 @@ class _SigningLink:
                 model_id=job["model"], model_digest=job["model_digest"], seed=job["params"].get("seed"),
                 params=job["params"], prompt=job_prompt(messages=job["messages"], prompt=job["prompt"])[0],
                 output="".join(self.texts.get(frame["job_id"], []))))
+            frame.update(commitment=commitment, signature=commitment_sign(self.key, commitment))
+            text = json.dumps(frame)
+        elif frame.get("type") == "embed.done" and "signature" not in frame and job is not None:
+            _, commitment = chunk_commitment(model_id=job["model"], model_digest=frame["model_digest"],
+                                             texts=job["input"], vectors=frame["data"])
             frame.update(commitment=commitment, signature=commitment_sign(self.key, commitment))
             text = json.dumps(frame)
         await self.ws.send(text)
@@ -200,7 +207,7 @@ class ScriptedAgent:
                 models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "builtin",
                          "validates": self.validates}],
                 signing_key=public_key_text(self.key))))
-            link = _SigningLink(ws, self.key)
+            link = SigningLink(ws, self.key)
             while not self._stop.is_set():
                 try:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))

@@ -34,7 +34,7 @@ from worker import protocol
 from worker.backends import minilm
 from worker.commitment import public_key_text
 
-from .conftest import OUTPUT, wait_for_status
+from .conftest import OUTPUT, SigningLink, wait_for_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 RELATED = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awful.",
@@ -86,11 +86,13 @@ def _unit(dimensions: int, axis: int) -> list[float]:
 
 class EmbeddingAgent:
     """Announces the MiniLM model like a real agent; `on_embed(ws, frame, n)` answers the n-th
-    embed.assign (from 0), and may return "hang up" to drop the link."""
+    embed.assign (from 0), and may return "hang up" to drop the link. Like a real agent it signs
+    each embed.done it sends (unless the script put a signature in it) with the key it announced."""
 
-    def __init__(self, node_url: str, token: str, model: dict, on_embed):
+    def __init__(self, node_url: str, token: str, model: dict, on_embed, validates: bool = False):
         self.url = node_url.replace("http://", "ws://") + "/ws/agent/"
-        self.token, self.model, self.on_embed = token, model, on_embed
+        self.token, self.model, self.on_embed, self.validates = token, model, on_embed, validates
+        self.key = Ed25519PrivateKey.generate()
         self.assigned: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -108,9 +110,10 @@ class EmbeddingAgent:
             await ws.send(json.dumps(protocol.hello(
                 token=self.token, agent_version="scripted", backends=["minilm"], hardware={},
                 models=[{"id": self.model["id"], "digest": self.model["digest"], "backend": "minilm",
-                         "kind": "embedding"}],
+                         "kind": "embedding", "validates": self.validates}],
                 # Like a real agent (verified-tier workers must announce a signing key).
-                signing_key=public_key_text(Ed25519PrivateKey.generate()))))
+                signing_key=public_key_text(self.key))))
+            link = SigningLink(ws, self.key)
             while not self._stop.is_set():
                 try:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
@@ -120,7 +123,8 @@ class EmbeddingAgent:
                     return
                 if frame["type"] == "embed.assign":
                     self.assigned.append(frame)
-                    if await self.on_embed(ws, frame, len(self.assigned) - 1) == "hang up":
+                    link.jobs[frame["job_id"]] = frame
+                    if await self.on_embed(link, frame, len(self.assigned) - 1) == "hang up":
                         return
 
 

@@ -42,3 +42,33 @@ def test_a_sampled_answer_that_differs_is_inconclusive_because_scores_cannot_tel
 
 def test_a_length_limited_answer_is_not_judged_by_its_end():
     assert _compare("Paris is", Evidence("Paris was", [-0.5, -1.0], -12.0), finish="length").outcome == "plausible"
+
+
+# --- embeddings: compare_vectors ----------------------------------------------------------------
+
+from apps.verification.compare import VECTOR_COSINE_MIN, compare_vectors  # noqa: E402
+
+CLAIMED = [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_the_same_vectors_are_a_match_and_honest_float_noise_is_plausible():
+    assert compare_vectors(claimed=CLAIMED, validator=[list(v) for v in CLAIMED]).outcome == "match"
+    # Of the size measured between onnxruntime's graph optimisation levels (1 - cos < 1e-12).
+    noisy = [[0.6 + 1e-7, 0.8 - 1e-7, 1e-8], [1e-7, 0.0, 1.0]]
+    comparison = compare_vectors(claimed=CLAIMED, validator=noisy)
+    assert comparison.outcome == "plausible" and comparison.lowest_similarity > 0.999999
+
+
+@pytest.mark.parametrize("validator, why", [
+    ([[0.8, 0.6, 0.0], [0.0, 0.0, 1.0]], "cosine"),  # one vector points elsewhere (cos 0.96)
+    ([[1.2, 1.6, 0.0], [0.0, 0.0, 1.0]], "length"),  # the same direction, twice the length
+    ([[0.6, 0.8, 0.0]], "claimed vectors"),  # a vector missing
+])
+def test_vectors_that_point_elsewhere_or_differ_in_length_or_number_are_a_mismatch(validator, why):
+    comparison = compare_vectors(claimed=CLAIMED, validator=validator)
+    assert comparison.outcome == "mismatch" and why in comparison.reason
+
+
+def test_the_threshold_sits_between_measured_honest_variation_and_the_closest_cheat():
+    # docs/verification.md: honest 1 - cos <= 8.7e-13; --cheat truncate's closest vector 0.964.
+    assert 0.964 < VECTOR_COSINE_MIN < 1 - 1e-9
