@@ -56,13 +56,17 @@ def _figures(claimed, validator) -> tuple[float, float, int]:
 
 
 def test_honest_agents_pass_and_cheats_do_not():
-    worker = _embed(minilm.MiniLMBackend.load(threads=2))  # as every agent runs by default
+    served = minilm.MiniLMBackend.load(threads=2)  # as every agent runs by default
+    worker = _embed(served)
+    alone = [served.embed(minilm.MODEL_ID, [text], threading.Event()).data[0] for text in TEXTS]
+    print(f"\nthe same texts embedded alone, not in chunks: identical {_figures(worker, alone)[2]}/{len(TEXTS)}")
+    assert compare_vectors(claimed=worker, validator=alone).outcome in ("match", "plausible")
     others = {f"{n} thread(s)": minilm.MiniLMBackend.load(threads=n) for n in (1, 4)}
     levels = onnxruntime.GraphOptimizationLevel
     others |= {f"{name}, {n} thread(s)": _session_backend(level, n) for name, level in
                [("no graph optimisation", levels.ORT_DISABLE_ALL), ("basic optimisation", levels.ORT_ENABLE_BASIC)]
                for n in (1, 2)}
-    print(f"\n{len(TEXTS)} texts; worker on 2 threads; rule: cosine >= {VECTOR_COSINE_MIN}, "
+    print(f"{len(TEXTS)} texts; worker on 2 threads; rule: cosine >= {VECTOR_COSINE_MIN}, "
           f"norms within {VECTOR_NORM_TOLERANCE}")
     for name, backend in others.items():
         validator = _embed(backend)
