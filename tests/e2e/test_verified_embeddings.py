@@ -1,7 +1,8 @@
 """Verified embeddings end to end: real agents (`python -m worker`) with the real MiniLM, a real
 node, the openai SDK. Every chunk is signed by its worker and checked by the node; sampled jobs are
 re-embedded by validator agents of other operators over the agent protocol (the runner runs
-here, as a Celery worker would); a `--cheat cached` embedder is slashed once, an honest one never."""
+here, as a Celery worker would); a `--cheat cached` embedder is slashed once, an honest one never;
+a validator that drops between chunks is replaced."""
 
 import json
 import subprocess
@@ -20,6 +21,7 @@ from apps.marketplace.demo import catalogue_seed_embeddings
 from apps.marketplace.models import Job
 from apps.staking.models import Slash
 from apps.staking.selectors import peer_supply, worker_bond_get
+from apps.verification.models import Validation
 from apps.verification.runner import validation_run
 from apps.verification.services import jobs_sample
 from apps.workers.models import Worker
@@ -164,3 +166,31 @@ def test_a_chunk_without_the_workers_valid_signature_is_refused_and_the_next_wor
     assert Worker.objects.get(id=forger.id).reputation < reputation * 0.55
     job = Job.objects.get(user=alice)
     assert job.worker_id == honest.id and len(job.commitment["chunks"]) == 2
+
+
+def test_a_validator_that_drops_mid_job_is_replaced_and_paid_nothing(
+        node_url, catalogue, minilm, alice_key, bob, carol, mallory):
+    dropper, token = worker_register(operator=mallory, name="mallory-drops", tiers=["open"])
+
+    async def first_chunk_then_hang_up(ws, frame, n):
+        if n > 0:
+            return "hang up"
+        await ws.send(json.dumps(protocol.embed_done(
+            job_id=frame["job_id"], model_digest=frame["model_digest"], prompt_tokens=1,
+            data=[[1.0] + [0.0] * 383 for _ in frame["input"]])))
+
+    with agent(node_url, bob, catalogue, "bob-embedder", bonded=True) as honest, \
+            EmbeddingAgent(node_url, token, minilm, first_chunk_then_hang_up, validates=True) as scripted:
+        wait_for_status(dropper.id, Worker.Status.IDLE)
+        [reply] = _embed(node_url, alice_key, minilm, honest)
+        [validation_id] = jobs_sample()
+        async_to_sync(validation_run)(validation_id)  # the only validator drops: back in line
+        validation = Validation.objects.get(id=validation_id)
+        assert len(scripted.assigned) == 2 and validation.state == "pending"
+        assert validation.validators_tried == [str(dropper.id)]
+        with agent(node_url, carol, catalogue, "carol-validator") as validator:
+            async_to_sync(validation_run)(validation_id)
+    validation.refresh_from_db()
+    assert (validation.state, validation.outcome, validation.validator_id) == ("done", "match", validator.id)
+    assert Job.objects.get(id=reply.model_extra["peer"]["job_id"]).verification_status == "passed"
+    assert worker_account(worker=dropper).balance == 0 and not Slash.objects.exists()

@@ -1,6 +1,7 @@
 """Verified embedding jobs on the real database: signed chunks put them in the draw, validators of
 other operators serving the digest re-embed them chunk by chunk, honest vectors pass, a cheater's
-are slashed once after a second validator confirms; the proof carries every signed chunk."""
+are slashed once after a second validator confirms, as is one a challenge finds; the proof carries
+every signed chunk."""
 
 import json
 
@@ -8,12 +9,14 @@ import pytest
 from django.test import Client
 
 from apps.accounts.services import api_key_issue
+from apps.credits.selectors import balance_get, held_get
 from apps.credits.services import worker_account
 from apps.marketplace.demo import EMBEDDING_NAME, catalogue_seed_embeddings
 from apps.marketplace.models import Job
 from apps.marketplace.presenters import peer_object
 from apps.staking.models import Slash
 from apps.staking.selectors import peer_supply, worker_bond_get
+from apps.verification.challenges import ChallengeRefused, challenge_open
 from apps.verification.models import Validation
 from apps.verification.resume import validations_resume
 from apps.verification.services import jobs_sample, validator_claim, verdict_apply
@@ -124,3 +127,23 @@ def test_the_proof_of_an_embedding_job_lists_its_signed_chunks_and_the_workers_k
     assert proof["commitment"]["chunks"] == job.commitment["chunks"]
     assert proof["verification"]["status"] == "awaiting"
     assert embedding_proof_problems(proof, vectors=vectors_for(TEXTS), texts=TEXTS) == []
+
+
+def test_a_challenge_of_a_cheating_embedders_job_is_upheld_and_slashes_once(
+        alice, bob, carol, mallory, embedding_entry, settings):
+    settings.PEER_VERIFY_SAMPLE_RATE, settings.PEER_VERIFY_SAMPLE_RATE_MAX = {"verified": 0.0}, 0.0
+    cheater, key = make_embedder(mallory, embedding_entry, "cheater", bonded=True)
+    make_embedder(bob, embedding_entry, "v1")
+    make_embedder(carol, embedding_entry, "v2")
+    job = verified_embedding_job(alice, cheater, key, embedding_entry, vectors=vectors_for(TEXTS, shift=3.0))
+    assert jobs_sample() == []  # not drawn: only the challenge checks it
+    before = balance_get(user=alice)
+    challenge, validation = challenge_open(user=alice, job_id=job.id)
+    _, confirming = validator_embeds(validation.id, vectors=vectors_for(TEXTS))
+    validator_embeds(confirming.id, vectors=vectors_for(TEXTS))
+    challenge.refresh_from_db()
+    assert challenge.state == "upheld" and balance_get(user=alice) == before and held_get(user=alice) == 0
+    assert Slash.objects.get().challenger_id == alice.id
+    with pytest.raises(ChallengeRefused):
+        challenge_open(user=bob, job_id=job.id)
+    assert Slash.objects.count() == 1
