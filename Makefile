@@ -10,12 +10,13 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3.14 /root/.pyenv/version
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 
-.PHONY: run test setup migrate check-python clean help ledger-check deposits-scan bench-litellm
+.PHONY: run test setup migrate check-python clean help ledger-check deposits-scan bench-litellm llama-wheel
 
 help:
 	@echo "make run    - install, migrate, seed a demo fleet and serve the node on 127.0.0.1:$(PEER_PORT)"
 	@echo "make test   - install and run the whole test suite against PostgreSQL and Redis"
 	@echo "make setup  - only create .venv and install Python and npm packages"
+	@echo "make llama-wheel    - build llama.cpp for this machine once (part of make setup)"
 	@echo "make ledger-check   - verify every ledger invariant (manage.py ledger_check)"
 	@echo "make deposits-scan  - credit finalized USDC deposits now (manage.py deposits_scan)"
 	@echo "make bench-litellm  - relay overhead next to LiteLLM (docs/benchmarks.md; BENCH_ARGS=--help)"
@@ -29,10 +30,28 @@ check-python:
 $(VENV)/.installed: requirements.txt requirements-dev.txt worker/requirements.txt worker/requirements-nodeps.txt | check-python
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@echo "Installing Python packages (the first install builds llama.cpp: about 8 minutes on 2 cores)..."
+	@$(MAKE) --no-print-directory llama-wheel
+	$(PY) -m pip install --quiet --no-index --no-deps --find-links $(LLAMA_WHEELS) $(LLAMA_PACKAGE)
+	@echo "Installing Python packages..."
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r worker/requirements-nodeps.txt
 	@touch $@
+
+# llama.cpp is built from source once per machine, into a folder of our own rather than pip's
+# wheel cache: pip keys that cache on the package alone, so a wheel built for another CPU would be
+# reused. On x86-64 the build targets x86-64-v3 (AVX2, FMA, F16C) instead of -march=native:
+# some virtual machines advertise AMX that they then refuse (SIGILL in llama.cpp's AMX matmul),
+# and a native wheel dies on any older CPU it is copied to.
+LLAMA_PACKAGE := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+	-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+LLAMA_WHEELS ?= $(HOME)/.cache/peer-cycles/wheels/$(subst ==,-,$(LLAMA_PACKAGE))-$(shell uname -m)$(if $(LLAMA_CMAKE_ARGS),-v3)
+
+llama-wheel:
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  echo "Building llama.cpp (about 8 minutes on 2 cores; once per machine, into $(LLAMA_WHEELS))..."; \
+	  mkdir -p $(LLAMA_WHEELS) && CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-cache-dir \
+	    --no-deps --wheel-dir $(LLAMA_WHEELS) $(LLAMA_PACKAGE); fi
 
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error

@@ -33,7 +33,9 @@ from worker.embedding_commitment import chunk_commitment
 from worker.prompt import job_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTPUT = ROOT / "test-output"
+# PEER_TEST_OUTPUT: another folder for logs and screenshots, so that two runs side by side do
+# not write over each other's node.log.
+OUTPUT = Path(os.environ.get("PEER_TEST_OUTPUT") or ROOT / "test-output")
 
 
 def _free_port() -> int:
@@ -69,7 +71,7 @@ def node_process(log_name: str = "node.log", **extra_env):
     env = {**os.environ,
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
            "PEER_QUEUE_TIMEOUT": "4", "PEER_JOB_TIMEOUT": "180", "PEER_LOG_LEVEL": "INFO", **extra_env}
-    OUTPUT.mkdir(exist_ok=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     log = open(OUTPUT / log_name, "w")
     # The Procfile's listen backlog (daphne's default is 50): a burst of clients is accepted, not reset.
     server = subprocess.Popen([sys.executable, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024",
