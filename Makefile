@@ -16,7 +16,7 @@ help:
 	@echo "make run    - install, migrate, seed a demo fleet and serve the node on 127.0.0.1:$(PEER_PORT)"
 	@echo "make test   - install and run the whole test suite against PostgreSQL and Redis"
 	@echo "make setup  - only create .venv and install Python and npm packages"
-	@echo "make llama-wheel    - build llama.cpp for this machine once (part of make setup)"
+	@echo "make llama-wheel    - build llama.cpp once per machine (part of make setup)"
 	@echo "make ledger-check   - verify every ledger invariant (manage.py ledger_check)"
 	@echo "make deposits-scan  - credit finalized USDC deposits now (manage.py deposits_scan)"
 	@echo "make bench-litellm  - relay overhead next to LiteLLM (docs/benchmarks.md; BENCH_ARGS=--help)"
