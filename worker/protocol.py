@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -117,7 +118,17 @@ def decode_agent_frame(text: str | bytes | None) -> dict[str, Any]:
             raise ProtocolError("validate.done: token_logprobs is a list of numbers")
         if frame.get("end_logprob") is not None and not isinstance(frame["end_logprob"], (int, float)):
             raise ProtocolError("validate.done: end_logprob is a number or null")
+        fit = frame.get("sampled_fit")
+        if fit is not None and not (isinstance(fit, dict) and isinstance(fit.get("tokens"), int)
+                                    and not isinstance(fit.get("tokens"), bool) and fit["tokens"] >= 0
+                                    and all(_finite_number(fit.get(k)) for k in ("excess", "variance"))
+                                    and fit["variance"] >= 0):
+            raise ProtocolError("validate.done: sampled_fit is {tokens, excess, variance} or null")
     return frame
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_vectors(data: list) -> None:
@@ -176,7 +187,8 @@ def validate_assign(*, job_id: str, model: str, model_digest: str, params: dict[
                     messages: list[dict] | None = None, prompt: str | None = None) -> dict[str, Any]:
     """Re-execute a job as a validator: the job as it was assigned, plus the claimed `output`.
     Answered with validate.done (the validator's own output, the claimed output's per-token
-    log-probabilities under its model, the log-probability of ending there) or job.error."""
+    log-probabilities under its model, the log-probability of ending there and, for a sampled
+    job, `sampled_fit`: {tokens, excess, variance}, worker/backends.SampledFit) or job.error."""
     return {"type": "validate.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
             "messages": messages, "prompt": prompt, "params": params, "output": output}
 

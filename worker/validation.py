@@ -49,6 +49,11 @@ async def validation_result(backend: Any, model_id: str, digest: str, request: R
         # of one rerun (docs/verification.md, "Measured").
         return {"model_digest": digest, "output": output, "finish_reason": reason, "token_logprobs": [],
                 "end_logprob": None}
-    scored = await asyncio.to_thread(backend.score, model_id, request, claimed)
-    return {"model_digest": digest, "output": output, "finish_reason": reason,
+    temperature = float(params.get("temperature") or 0.0)
+    scored = await asyncio.to_thread(backend.score, model_id, request, claimed, temperature)
+    done = {"model_digest": digest, "output": output, "finish_reason": reason,
             "token_logprobs": scored.token_logprobs, "end_logprob": scored.end_logprob}
+    if scored.sampled_fit is not None:
+        fit = scored.sampled_fit
+        done["sampled_fit"] = {"tokens": fit.tokens, "excess": fit.excess, "variance": fit.variance}
+    return done

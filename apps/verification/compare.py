@@ -9,11 +9,17 @@
    greedy answers: mean -1.44 and up, lowest token -2.82 and up, end -2.73 and up; the cached
    substitute: mean -3.39 and lower, a token at -9.68 or lower. Within them: **plausible** (honest
    nondeterminism, e.g. another CPU or a GPU); outside: a mismatch.
-4. A sampled answer (temperature above 0) that differs is **inconclusive**: its log-probabilities
-   cannot tell an honest divergence from a substitute (honest means reach -5.0 at temperature 1),
-   and a validator with other numerics does diverge honestly (measured: a validator with batch 8
-   against the agent's 512 differed on 9 of 24 sampled honest answers, tests/bench/
-   bench_verification.py). Never evidence of a fault.
+4. A sampled answer (temperature above 0) that differs: its raw log-probabilities cannot tell an
+   honest divergence from a substitute (honest means reach -5.0 at temperature 1), and a validator
+   with other numerics does diverge honestly (measured: a validator with batch 8 against the
+   agent's 512 differed on 9 of 24 sampled honest answers, tests/bench/bench_verification.py).
+   What can: how the claimed tokens fit samples of the model at the job's temperature (the
+   validator's `sampled_fit`, worker/backends.SampledFit): z = excess / sqrt(variance) is about
+   N(0, 1) for an honest sample (top_p only raises it). Over at least SAMPLED_MIN_TOKENS tokens,
+   z below SAMPLED_Z_MISMATCH is a **mismatch** (measured: honest -2.72 and up; the cached
+   substitute at 0.7 -4.79 to -7.74). Anything else is **inconclusive**, never evidence either
+   way: a fit near 0 does not clear an answer (the cached substitute at temperature 1.0 fits at
+   -2.10 to -0.66, as well as honest answers do).
 
 Embedding jobs (compare_vectors): the validator embeds the same texts in the same chunks. The
 same float32s are a **match**; otherwise every vector must point the same way (cosine similarity
@@ -33,6 +39,9 @@ from worker.embedding_commitment import float32_bytes
 GREEDY_MEAN_MIN = -2.0
 GREEDY_TOKEN_MIN = -5.0
 GREEDY_END_MIN = -4.0
+# Sampled answers (docs/verification.md, "Sampled answers"): set from measured honest variation.
+SAMPLED_MIN_TOKENS = 8
+SAMPLED_Z_MISMATCH = -6.0
 # Embeddings (docs/verification.md, "Embedding jobs"): set from measured honest variation.
 VECTOR_COSINE_MIN = 0.999
 VECTOR_NORM_TOLERANCE = 1e-3
@@ -45,6 +54,7 @@ class Evidence:
     output: str  # its own run of the job
     token_logprobs: list[float]  # each token of the claimed output, under its model
     end_logprob: float | None  # the claimed output ending where it does
+    sampled_fit: dict | None = None  # a sampled job's {tokens, excess, variance} (validate.done)
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,7 @@ def compare(*, claimed: str, claimed_finish: str, temperature: float, evidence: 
     if claimed_finish == "stop" and len(evidence.output) > len(claimed) and evidence.output.startswith(claimed):
         return Comparison("mismatch", "the answer stops where the validator's run goes on: cut short", **figures)
     if temperature > 0:
-        return Comparison("inconclusive", "a sampled answer that differs from the validator's run: its scores "
-                          "cannot tell other numerics from a substitute", **figures)
+        return _sampled(evidence.sampled_fit, figures)
     problems = []
     if figures["mean_logprob"] is not None and figures["mean_logprob"] < GREEDY_MEAN_MIN:
         problems.append(f"mean log-probability {figures['mean_logprob']:.2f} < {GREEDY_MEAN_MIN}")
@@ -76,6 +85,19 @@ def compare(*, claimed: str, claimed_finish: str, temperature: float, evidence: 
     if problems:
         return Comparison("mismatch", "; ".join(problems), **figures)
     return Comparison("plausible", "a greedy answer likely under the validator's model", **figures)
+
+
+def _sampled(fit: dict | None, figures: dict) -> Comparison:
+    """A sampled answer that differs from the validator's run, judged by its fit (rule 4)."""
+    if not fit or fit["tokens"] < SAMPLED_MIN_TOKENS or fit["variance"] <= 0:
+        return Comparison("inconclusive", "a sampled answer that differs from the validator's run, too short "
+                          "(or unscored) for its fit to tell other numerics from a substitute", **figures)
+    z = fit["excess"] / math.sqrt(fit["variance"])
+    if z < SAMPLED_Z_MISMATCH:
+        return Comparison("mismatch", f"a sampled answer the model would not have drawn: its {fit['tokens']} tokens "
+                          f"fit samples at this temperature at z = {z:.2f} < {SAMPLED_Z_MISMATCH}", **figures)
+    return Comparison("inconclusive", f"a sampled answer that differs from the validator's run and fits the "
+                      f"model's samples at z = {z:.2f}: not evidence either way", **figures)
 
 
 def compare_vectors(*, claimed: list[list[float]], validator: list[list[float]]) -> Comparison:

@@ -163,7 +163,8 @@ def _comparison(job: Job, done: dict) -> tuple[Comparison, str]:
     comparison = compare(claimed=job.output_text, claimed_finish=job.finish_reason,
                          temperature=float(job.params.get("temperature") or 0.0),
                          evidence=Evidence(output=done["output"], token_logprobs=done["token_logprobs"],
-                                           end_logprob=done.get("end_logprob")))
+                                           end_logprob=done.get("end_logprob"),
+                                           sampled_fit=done.get("sampled_fit")))
     return comparison, hashlib.sha256(done["output"].encode()).hexdigest()
 
 

@@ -56,7 +56,7 @@ def _validate(backend, request, params, claimed, claimed_finish):
     seconds = time.perf_counter() - started
     comparison = compare(claimed=claimed, claimed_finish=claimed_finish, temperature=params["temperature"],
                          evidence=Evidence(output=done["output"], token_logprobs=done["token_logprobs"],
-                                           end_logprob=done["end_logprob"]))
+                                           end_logprob=done["end_logprob"], sampled_fit=done.get("sampled_fit")))
     return comparison.outcome, seconds
 
 

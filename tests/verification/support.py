@@ -51,13 +51,14 @@ def verified_job(user, worker, key, entry, output=ANSWER, temperature=0.0) -> Jo
                         signature=signature)
 
 
-def validator_answers(validation_id, *, output, logprobs, end=-0.1, digest=None):
-    """A validator's turn: claimed, then its validate.done recorded (and its consumer's release)."""
+def validator_answers(validation_id, *, output, logprobs, end=-0.1, digest=None, fit=None):
+    """A validator's turn: claimed, then its validate.done recorded (and its consumer's release).
+    `fit`: its sampled_fit, for a sampled job (docs/verification.md, "Sampled answers")."""
     assignment = validator_claim(validation_id=validation_id)
     assert assignment is not None
     job = Job.objects.get(id=assignment.job_id)
     follow_up = validation_record(validation_id=validation_id, worker_id=assignment.worker_id, done={
         "model_digest": digest or job.model_digest, "output": output, "finish_reason": "stop",
-        "token_logprobs": logprobs, "end_logprob": end})
+        "token_logprobs": logprobs, "end_logprob": end, **({"sampled_fit": fit} if fit else {})})
     Worker.objects.filter(id=assignment.worker_id).update(status="idle", current_job_id=None)
     return assignment, follow_up

@@ -35,9 +35,38 @@ def test_an_unlikely_greedy_answer_is_a_mismatch(logprobs, end, why):
     assert result.outcome == "mismatch" and why in result.reason
 
 
-def test_a_sampled_answer_that_differs_is_inconclusive_because_scores_cannot_tell():
+def test_a_sampled_answer_that_differs_without_a_fit_is_inconclusive_because_scores_cannot_tell():
     result = _compare("A tabby cat naps.", Evidence("A grey cat sleeps.", [-2.5, -3.0], -0.5), temperature=0.7)
     assert result.outcome == "inconclusive" and "sampled" in result.reason
+
+
+def _fit(tokens, z, variance=40.0):
+    return {"tokens": tokens, "excess": z * variance ** 0.5, "variance": variance}
+
+
+@pytest.mark.parametrize("fit, outcome", [
+    # A good fit never clears an answer: a short substitute at temperature 1 fits as well.
+    (_fit(30, 0.4), "inconclusive"),     # an honest sample from other numerics: z about N(0, 1)
+    (_fit(30, -5.9), "inconclusive"),
+    (_fit(30, -6.1), "mismatch"),        # tokens the model would not have drawn
+    (_fit(7, -20.0), "inconclusive"),    # too short for the statistic to say anything
+    (_fit(30, -20.0, variance=0.0), "inconclusive"),
+])
+def test_a_sampled_answer_that_differs_is_judged_by_how_its_tokens_fit_the_models_samples(fit, outcome):
+    evidence = Evidence("A grey cat sleeps on the mat.", [-2.5, -3.0], -0.5, sampled_fit=fit)
+    result = _compare("A tabby cat naps.", evidence, temperature=0.7)
+    assert result.outcome == outcome, result.reason
+    if outcome == "mismatch":
+        assert "would not have drawn" in result.reason
+
+
+def test_the_fit_is_ignored_for_a_greedy_answer_and_a_cut_short_sampled_answer_is_still_a_mismatch():
+    greedy = _compare("The capital is Paris.", Evidence("Paris is the capital.", [-1.4, -2.8, -0.3], -2.7,
+                                                        sampled_fit=_fit(30, -20.0)))
+    assert greedy.outcome == "plausible"
+    cut = _compare("The capital", Evidence("The capital of France is Paris.", [-0.2], -0.5, sampled_fit=_fit(30, 1.0)),
+                   temperature=1.0)
+    assert cut.outcome == "mismatch" and "cut short" in cut.reason
 
 
 def test_a_length_limited_answer_is_not_judged_by_its_end():

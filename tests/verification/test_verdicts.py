@@ -136,6 +136,42 @@ def test_a_sampled_answer_no_validator_reproduces_is_never_slashed(alice, bob, c
     assert Job.objects.get(id=job.id).verification_status == verdict and not Slash.objects.exists()
 
 
+def test_a_sampled_substitute_that_does_not_fit_the_models_samples_is_slashed_once(
+        alice, bob, carol, mallory, entry, settings):
+    """At temperature > 0 the validators cannot reproduce the text, but the claimed tokens'
+    fit to the model's samples (z far below 0, as the cached substitute at 0.7 measured -6.8)
+    is evidence; two such runs prove the fault. An honest divergence (z near 0) is no evidence:
+    undecided, nobody slashed."""
+    settings.PEER_VERIFY_SAMPLE_RATE = {"verified": 1.0}
+    cheater, key = make_worker(mallory, entry, "cheater", bonded=True)
+    make_worker(carol, entry, "first")
+    make_worker(bob, entry, "second")
+    job = verified_job(alice, cheater, key, entry, output="I am sure the answer is forty-two.", temperature=0.7)
+    unfit = {"tokens": 9, "excess": -9.2, "variance": 1.8}  # z = -6.9
+    supply = peer_supply()
+    [validation_id] = jobs_sample()
+    _, confirming = validator_answers(validation_id, output="Blue, green and red.", logprobs=CHEAT_LOGPROBS, fit=unfit)
+    assert Validation.objects.get(id=validation_id).outcome == "mismatch" and confirming is not None
+    validator_answers(confirming.id, output="Red, yellow and blue.", logprobs=CHEAT_LOGPROBS, fit=unfit)
+    slash = Slash.objects.get()
+    assert (slash.worker_id, slash.amount) == (cheater.id, settings.PEER_SLASH_AMOUNT)
+    after = peer_supply()  # what was not paid to the finder is burned: nothing else moved
+    assert after["burned"] - supply["burned"] == slash.amount - slash.to_challenger == slash.burned
+    assert after["circulating"] == supply["circulating"] - slash.burned
+    assert Job.objects.get(id=job.id).verification_status == "failed"
+    assert verdict_apply(validation_id=confirming.id) is None and Slash.objects.count() == 1
+
+    honest_worker, honest_key = make_worker(alice, entry, "honest", bonded=True)
+    honest = verified_job(bob, honest_worker, honest_key, entry, output="Cyan, magenta and yellow.", temperature=0.7)
+    [validation_id] = jobs_sample()
+    honest_fit = {"tokens": 9, "excess": 0.4, "variance": 1.8}
+    _, confirming = validator_answers(validation_id, output="Red, yellow and blue.", logprobs=HONEST_LOGPROBS,
+                                      fit=honest_fit)
+    assert Validation.objects.get(id=validation_id).outcome == "inconclusive"
+    validator_answers(confirming.id, output="Blue and red.", logprobs=HONEST_LOGPROBS, fit=honest_fit)
+    assert Job.objects.get(id=honest.id).verification_status == "undecided" and Slash.objects.count() == 1
+
+
 def test_no_validator_of_the_same_operator_or_without_the_digest_is_ever_chosen(alice, bob, carol, entry, settings):
     settings.PEER_VERIFY_SAMPLE_RATE = {"verified": 1.0}
     worker, key = make_worker(bob, entry, "w", bonded=True)

@@ -411,18 +411,20 @@ def test_agent_keeps_retrying_until_the_node_comes_up():
 class _ScoringBackend(FakeBackend):
     """A FakeBackend that can validate: it scores every claimed output the same way."""
 
-    def score(self, model_id, request, output):
-        from worker.backends import Scored
+    def score(self, model_id, request, output, temperature=0.0):
+        from worker.backends import SampledFit, Scored
 
-        return Scored(token_logprobs=[-0.5] * len(output.split()), end_logprob=-1.25)
+        tokens = len(output.split())
+        fit = SampledFit(tokens=tokens, excess=-0.75, variance=2.5) if temperature > 0 else None
+        return Scored(token_logprobs=[-0.5] * tokens, end_logprob=-1.25, sampled_fit=fit)
 
 
-def _validate_frame(digest: str, output: str = "Hello world") -> str:
+def _validate_frame(digest: str, output: str = "Hello world", temperature: float = 0) -> str:
     from worker import protocol as wire
 
     return wire.encode(wire.validate_assign(
         job_id="val-1", model="fake-model", model_digest=digest, messages=[{"role": "user", "content": "Say hello."}],
-        params={"max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 7, "stop": []}, output=output))
+        params={"max_tokens": 16, "temperature": temperature, "top_p": 1, "seed": 7, "stop": []}, output=output))
 
 
 def test_a_validator_reruns_the_job_and_scores_the_claimed_output():
@@ -442,6 +444,32 @@ def test_a_validator_reruns_the_job_and_scores_the_claimed_output():
         assert protocol.decode_agent_frame(protocol.encode(done)) == done  # what the node accepts
 
     run(scenario)
+
+
+def test_a_validator_of_a_sampled_job_also_sends_how_the_claimed_output_fits_its_samples():
+    backend = _ScoringBackend(pieces=("Hel", "lo"))
+
+    async def script(ws: ServerConnection) -> dict:
+        await welcome(ws)
+        await ws.send(_validate_frame(backend.digest, temperature=0.7))
+        return await receive(ws)
+
+    async def scenario() -> None:
+        done = await run_one_session(backend, script)
+        assert done["sampled_fit"] == {"tokens": 2, "excess": -0.75, "variance": 2.5}
+        assert protocol.decode_agent_frame(protocol.encode(done)) == done
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("fit", [{"tokens": 2, "excess": "x", "variance": 1.0}, {"tokens": -1, "excess": 0, "variance": 1},
+                                 {"tokens": 2, "excess": 0.0, "variance": -1.0}, [2, 0.0, 1.0],
+                                 {"tokens": True, "excess": 0.0, "variance": 1.0}])
+def test_the_node_refuses_a_malformed_sampled_fit(fit):
+    frame = {"type": "validate.done", "job_id": "val-1", "model_digest": "sha256:" + "0" * 64, "output": "Hi",
+             "finish_reason": "stop", "token_logprobs": [-0.5], "end_logprob": None, "sampled_fit": fit}
+    with pytest.raises(protocol.ProtocolError, match="sampled_fit"):
+        protocol.decode_agent_frame(protocol.encode(frame))
 
 
 def test_a_validator_whose_run_gives_the_claimed_text_does_not_score_it():

@@ -39,3 +39,30 @@ def test_an_answer_cut_short_is_unlikely_to_end_where_it_was_cut(backend, genera
     print(f"end logprob: whole {whole.end_logprob:.3f}, cut at a third {truncated.end_logprob:.3f}")
     assert whole.end_logprob > math.log(0.2)
     assert truncated.end_logprob < whole.end_logprob - 3.0
+
+
+COLORS = Request(messages=[{"role": "user", "content": "Name three primary colors."}])
+
+
+def _z(scored) -> float:
+    fit = scored.sampled_fit
+    return fit.excess / math.sqrt(fit.variance)
+
+
+def test_sampled_answers_fit_the_models_samples_and_a_substitute_does_not(backend, backend_one_thread, generate):
+    """SampledFit at temperature 0.7: honest samples (drawn on 1 thread, scored on 2: other
+    numerics) sit near z = 0, far above the mismatch threshold; the cached substitute falls below it."""
+    from apps.verification.compare import SAMPLED_Z_MISMATCH
+
+    honest = []
+    for seed in range(4):
+        answer = generate(backend_one_thread, COLORS, {"max_tokens": 48, "temperature": 0.7, "seed": seed})
+        scored = backend.score(backend.model_id, COLORS, answer.text, 0.7)
+        assert scored.sampled_fit.tokens == len(scored.token_logprobs)
+        honest.append(_z(scored))
+    substitute = _z(backend.score(backend.model_id, COLORS, "".join(FALLBACK_ANSWER), 0.7))
+    print(f"sampled fit z at 0.7: honest {', '.join(f'{z:.2f}' for z in honest)}; substitute {substitute:.2f}")
+    assert all(z > SAMPLED_Z_MISMATCH / 2 for z in honest)  # measured: -2.72 and up
+    assert substitute < SAMPLED_Z_MISMATCH
+    # Greedy scoring computes no fit (a greedy answer is judged by its log-probabilities).
+    assert backend.score(backend.model_id, COLORS, "Red, yellow and blue.").sampled_fit is None

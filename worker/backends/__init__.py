@@ -62,6 +62,21 @@ class Scored:
 
     token_logprobs: list[float]
     end_logprob: float | None
+    # For a sampled job (temperature above 0): how the claimed tokens fit what the model samples
+    # at that temperature (worker/validation.py, docs/verification.md "Sampled answers").
+    sampled_fit: "SampledFit | None" = None
+
+
+@dataclass(frozen=True)
+class SampledFit:
+    """Over the claimed tokens, under the model's distribution p at the job's temperature: the
+    sum of (log p(token) - E[log p]) and the sum of Var[log p], position by position. For tokens
+    drawn from p (or from its top_p nucleus, which only raises log p) the first sum is about 0 or
+    above, with that variance; a text the model would not have sampled falls far below."""
+
+    tokens: int
+    excess: float
+    variance: float
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from worker.backends import BackendError, Finish, ModelInfo, Piece, Request, Scored
+from worker.backends import BackendError, Finish, ModelInfo, Piece, Request, SampledFit, Scored
 from worker.backends.modelfile import ModelFile, resolve_model
 from worker.backends.params import sampling
 from worker.backends.textstream import StopStream
@@ -155,13 +155,15 @@ class BuiltinBackend:
                 yield tail
         yield Finish(reason, count)
 
-    def score(self, model_id: str, request: Request, output: str) -> Scored:
+    def score(self, model_id: str, request: Request, output: str, temperature: float = 0.0) -> Scored:
         """Teacher forcing: the log-probability this model gives each token of `output` after the
         job's prompt, and that the generation ends right there: with an end-of-generation token,
         or by going on with one of the chat format's stop sequences (which the answer leaves out).
         What a validator weighs when its own run differs from a claimed answer
         (docs/verification.md). One evaluation per token from an empty cache, as a generation
-        runs; text is tokenized as a whole (prompt and output together), as a model reads it."""
+        runs; text is tokenized as a whole (prompt and output together), as a model reads it.
+        With a temperature above 0, also how the tokens fit samples at that temperature
+        (SampledFit)."""
         if model_id != self.model_id:
             raise BackendError("model_unavailable", f"this backend serves {self.model_id} only")
         prompt, format_stops = job_prompt(messages=request.messages, prompt=request.prompt)
@@ -176,7 +178,8 @@ class BuiltinBackend:
         with self._lock:
             llm.reset()
             llm.eval(answer[:start])
-            token_logprobs = self._forced(answer, start)
+            fit = _FitCounter(temperature) if temperature > 0 else None
+            token_logprobs = self._forced(answer, start, fit)
             alternatives = [float(self._logprobs()[token]) for token in ends]  # the answer's end token
             for ending in endings:
                 # Going on with a stop sequence: from where the two tokenizations part, the
@@ -186,18 +189,23 @@ class BuiltinBackend:
         # At most 0 (a probability of 1): the stop branch is a ratio of two tokenizations, which
         # passes 1 when the answer's last characters are split unlike the model emitted them.
         end = min(float(np.logaddexp.reduce(alternatives)), 0.0) if alternatives else None
-        return Scored(token_logprobs=token_logprobs, end_logprob=end)
+        return Scored(token_logprobs=token_logprobs, end_logprob=end,
+                      sampled_fit=fit.result() if fit is not None else None)
 
-    def _forced(self, tokens: list[int], start: int) -> list[float]:
+    def _forced(self, tokens: list[int], start: int, fit: "_FitCounter | None" = None) -> list[float]:
         """From the state after tokens[:start] (evaluated already, or rewound to), the
-        log-probability of each of tokens[start:], evaluating them; caller holds the lock."""
+        log-probability of each of tokens[start:], evaluating them (and counted into `fit`);
+        caller holds the lock."""
         self._llm.n_tokens = start  # the next eval drops the cache past this point
         found = []
         for index in range(start, len(tokens)):
             if index == start and start > 0:
                 self._llm.n_tokens = start - 1
                 self._llm.eval([tokens[start - 1]])  # the logits that predict tokens[start]
-            found.append(float(self._logprobs()[tokens[index]]))
+            logprobs = self._logprobs()
+            found.append(float(logprobs[tokens[index]]))
+            if fit is not None:
+                fit.add(logprobs, tokens[index])
             self._llm.eval([tokens[index]])
         return found
 
@@ -215,3 +223,26 @@ class BuiltinBackend:
             self._piece_buffer = buf = ctypes.create_string_buffer(-n)
             n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
+
+
+class _FitCounter:
+    """Sums, over forced positions, log p_T(token) - E[log p_T] and Var[log p_T], where p_T is
+    the model's distribution at temperature T (logits / T; the top_p nucleus left out: it only
+    keeps the likeliest tokens, so it can raise an honest sample's sum, never lower it)."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.tokens, self.excess, self.variance = 0, 0.0, 0.0
+
+    def add(self, logprobs, token: int) -> None:
+        scaled = logprobs / self.temperature
+        scaled = scaled - np.logaddexp.reduce(scaled)
+        p = np.exp(scaled)
+        expected = float(np.dot(p, scaled))
+        self.tokens += 1
+        self.excess += float(scaled[token]) - expected
+        self.variance += max(float(np.dot(p, scaled * scaled)) - expected * expected, 0.0)
+
+    def result(self) -> SampledFit:
+        return SampledFit(tokens=self.tokens, excess=self.excess, variance=self.variance)
+
