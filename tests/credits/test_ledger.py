@@ -28,7 +28,17 @@ from apps.credits.services import (
     user_held_account,
     worker_account,
 )
+from apps.credits import ledger
 from apps.workers.services import worker_register
+
+
+@pytest.fixture(autouse=True, params=["one statement", "portable"])
+def posting_path(request, monkeypatch):
+    """Every scenario both ways a posting is written: in one statement (PostgreSQL, as shipped)
+    and the portable way `make run`'s SQLite takes (ledger.ONE_STATEMENT_VENDORS)."""
+    if request.param == "portable":
+        monkeypatch.setattr(ledger, "ONE_STATEMENT_VENDORS", set())
+    return request.param
 
 
 def _balance(code: str) -> int:
@@ -253,6 +263,17 @@ def test_a_hold_larger_than_the_credits_is_refused_and_writes_nothing(alice_with
 
     assert _snapshot() == before
     assert transactions_for_reference(reference="job:too-big").count() == 0
+    _assert_value_is_conserved()
+
+
+def test_a_repeated_hold_returns_the_first_even_when_the_credits_no_longer_cover_it(alice_with_10_credits):
+    alice = alice_with_10_credits
+
+    first = _hold(alice, 80_000, "job:c")
+    before = _snapshot()
+    again = _hold(alice, 80_000, "job:c")  # 20,000 left: a new hold of 80,000 would be refused
+
+    assert again.id == first.id and _snapshot() == before
     _assert_value_is_conserved()
 
 
