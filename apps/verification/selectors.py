@@ -2,9 +2,13 @@
 
 import secrets
 
+from django.conf import settings
+from django.utils import timezone
+
 from apps.marketplace.models import Job
 from apps.staking.codes import bond_code, unbonding_code
 from apps.credits.models import LedgerAccount
+from apps.workers.metrics import decayed
 from apps.workers.models import Worker
 
 from .models import Challenge, Validation
@@ -13,14 +17,18 @@ from .models import Challenge, Validation
 def validator_candidates(*, job: Job, exclude_operator_ids: set, exclude_worker_ids: set) -> list[tuple]:
     """Idle workers that may re-execute `job`: of another operator than the job's worker (and
     than `exclude_operator_ids`), serving the very model digest the job ran with, with a backend
-    that can score answers (`validates` in their hello). (worker id, model entry) pairs in a
-    random order, so that no one can predict, or arrange, who checks whom."""
+    that can score answers (`validates` in their hello), and with a reputation at the verified
+    tier's floor or above (a worker proven to cheat, or failing, does not vouch for others).
+    (worker id, model entry) pairs in a random order, so that no one can predict, or arrange,
+    who checks whom."""
     excluded_operators = {str(o) for o in exclude_operator_ids} | {str(job.worker.operator_id)}
     excluded_workers = {str(w) for w in exclude_worker_ids} | {str(job.worker_id)}
-    found = []
+    found, now = [], timezone.now()
     for worker in Worker.objects.filter(status=Worker.Status.IDLE, revoked_at__isnull=True).only(
-            "id", "operator_id", "models_served"):
+            "id", "operator_id", "models_served", "reputation", "reputation_updated_at"):
         if str(worker.operator_id) in excluded_operators or str(worker.id) in excluded_workers:
+            continue
+        if decayed(worker.reputation, worker.reputation_updated_at, now) < settings.PEER_VERIFIED_REPUTATION_FLOOR:
             continue
         model = next((m for m in worker.models_served
                       if m.get("digest") == job.model_digest and m.get("validates") is True), None)

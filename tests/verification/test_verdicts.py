@@ -3,6 +3,7 @@ proven fault is slashed once (the burned supply falls by the right amount), vali
 other operators and are paid, a validator that never answers is replaced."""
 
 import pytest
+from django.utils import timezone
 
 from apps.credits.services import worker_account
 from apps.marketplace.models import Job
@@ -176,6 +177,9 @@ def test_no_validator_of_the_same_operator_or_without_the_digest_is_ever_chosen(
     settings.PEER_VERIFY_SAMPLE_RATE = {"verified": 1.0}
     worker, key = make_worker(bob, entry, "w", bonded=True)
     make_worker(bob, entry, "bobs-other-worker")  # same operator
+    demoted, _ = make_worker(carol, entry, "proven-cheater")  # below the verified floor: vouches for nobody
+    Worker.objects.filter(id=demoted.id).update(reputation=settings.PEER_VERIFIED_REPUTATION_FLOOR - 0.05,
+                                                reputation_updated_at=timezone.now())
     other_digest, _ = make_worker(carol, entry, "other-digest")
     Worker.objects.filter(id=other_digest.id).update(models_served=[
         {"id": entry.served_model, "digest": "sha256:" + "0" * 64, "validates": True}])
