@@ -416,3 +416,15 @@ def test_two_holds_settle_independently(alice_with_10_credits, bobs_worker):
     assert balance_get(user=alice) == 100_000 - 10_000
     assert worker_account(worker=bobs_worker).balance == 7_000
     _assert_value_is_conserved()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_posting_outside_a_transaction_is_refused_and_writes_nothing(alice):
+    # Its account locks would end with the statement that took them: no posting without atomic().
+    from django.db.transaction import TransactionManagementError
+
+    promo, account = system_account(PROMO_CODE), user_account(user=alice)
+    before = _snapshot()
+    with pytest.raises(TransactionManagementError):
+        ledger_post(kind="grant", legs=[Leg(promo, -1), Leg(account, 1)])
+    assert _snapshot() == before
