@@ -68,6 +68,20 @@ def signature_valid(*, public_key: str, commitment: str, signature: str) -> bool
         return False
 
 
+def signature_problem(*, public_key: str, signature: str | None, commitment: str,
+                      claimed: str | None = None) -> str | None:
+    """Why `signature` is not the holder of `public_key` signing `commitment` (the node's own
+    hash; `claimed`, the hash the worker says it signed, only for the message), or None when it
+    is. What the node tells of a verified answer, or an embedding chunk, it cannot accept."""
+    if not signature:
+        return "the worker sent no signature"
+    if not public_key:
+        return "the worker has no signing key"
+    if not signature_valid(public_key=public_key, commitment=commitment, signature=signature):
+        return f"the worker signed {claimed or 'another commitment'}, not {commitment}"
+    return None
+
+
 def proof_problems(proof: dict[str, Any], *, output: str, prompt: str | None = None) -> list[str]:
     """Re-check a proof (GET /v1/jobs/{id}/proof) against the answer text: the output's hash,
     the prompt's if given, the commitment hash over the inputs, and the worker's signature.

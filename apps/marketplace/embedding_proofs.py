@@ -5,7 +5,7 @@ received (worker/embedding_commitment.py), and checks the worker's signature ove
 the key the worker announced: the worker's own claimed hash is only quoted in the error. Pure.
 """
 
-from worker.commitment import signature_valid
+from worker.commitment import signature_problem
 from worker.embedding_commitment import chunk_commitment
 
 
@@ -19,16 +19,13 @@ def chunk_proof(frame: dict, *, texts: list[str], model_id: str, public_key: str
     inputs, commitment = chunk_commitment(model_id=model_id, model_digest=frame["model_digest"], texts=texts,
                                           vectors=frame["data"])
     signature = frame.get("signature")
-    signed = bool(public_key and signature) and signature_valid(public_key=public_key, commitment=commitment,
-                                                                signature=signature)
-    if required and not signed:
-        why = "sent no signature" if not signature else "has no signing key" if not public_key else \
-            f"signed {frame.get('commitment') or 'another commitment'}, not {commitment}"
-        raise ChunkRejected(f"the worker {why}")
-    return {"hash": commitment, "inputs": inputs, "signature": signature if signed else None}
+    problem = signature_problem(public_key=public_key, signature=signature, commitment=commitment,
+                                claimed=frame.get("commitment"))
+    if required and problem:
+        raise ChunkRejected(problem)
+    return {"hash": commitment, "inputs": inputs, "signature": signature if problem is None else None}
 
 
-def chunks_signed(commitment: dict | None) -> bool:
-    """Whether a job's commitment is an embedding job's with every chunk signed."""
-    chunks = (commitment or {}).get("chunks") or []
+def chunks_signed(chunks: list[dict] | None) -> bool:
+    """Whether an embedding job's chunks (its commitment's "chunks") are there and all signed."""
     return bool(chunks) and all(chunk.get("signature") for chunk in chunks)

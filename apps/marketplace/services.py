@@ -5,7 +5,6 @@ Lock order everywhere: the job row first, then ledger accounts by id (inside led
 job's creation locks its model's catalogue row before both.
 """
 
-import base64
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -16,14 +15,16 @@ from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
-from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_valid
+from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_problem
+from worker.embedding_commitment import vectors_base64
 
 from .errors import ApiError
 from .models import Job
 from .requests import ChatRequest, EmbeddingRequest
 from .selectors import catalogue_get, jobs_waiting_count
 from .tokens import count_embedding_tokens, count_tokens
-from .vectors import float32_bytes, inputs_text
+from .embedding_proofs import chunks_signed
+from .vectors import inputs_text
 
 
 class InsufficientCredits(Exception):
@@ -140,12 +141,11 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
                                    params=job.params, prompt=job.prompt_text(), output=output_text)
         commitment = commitment_hash(inputs)
         key = job.worker.signing_key if job.worker else ""
-        signed = bool(key and signature) and signature_valid(public_key=key, commitment=commitment,
-                                                             signature=signature)
+        problem = signature_problem(public_key=key, signature=signature, commitment=commitment,
+                                    claimed=claimed_commitment)
+        signed = problem is None
         if job.tier == "verified" and finish_reason != "cancelled" and not signed:
-            why = "sent no signature" if not signature else "has no signing key" if not key else \
-                f"signed {claimed_commitment or 'another commitment'}, not {commitment}"
-            raise CommitmentRejected(f"the worker {why}")
+            raise CommitmentRejected(problem)
         # A signed verified answer goes to the sampler's draw (apps/verification/services.py).
         awaiting = job.tier == "verified" and finish_reason != "cancelled" and signed
         return charge, {"completion_tokens": completion_tokens, "output_text": output_text,
@@ -255,8 +255,8 @@ def embed_job_complete(*, job_id, vectors: list[list[float]], model_digest: str,
     accounts; a no-op on a job already settled. A verified job's vectors are kept (as a chat
     answer's text is) for validators to compare with; others' only as the commitment's hash."""
     # The output is the base64 of the float32 vectors: exact, where printed decimals are not.
-    output = base64.b64encode(float32_bytes(vectors)).decode("ascii")
-    signed = bool(chunks) and all(chunk.get("signature") for chunk in chunks)
+    output = vectors_base64(vectors)
+    signed = chunks_signed(chunks)
 
     def settle(job: Job) -> tuple[int, dict]:
         charge = min(job.hold_amount, job_price(

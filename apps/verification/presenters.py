@@ -20,7 +20,7 @@ def verification_status(job: Job) -> str:
     """The job's verification status; for jobs the sampler never draws for, why not."""
     if job.verification_status:
         return job.verification_status
-    signed = bool((job.commitment or {}).get("signature")) or chunks_signed(job.commitment)
+    signed = bool((job.commitment or {}).get("signature")) or chunks_signed((job.commitment or {}).get("chunks"))
     return "not_applicable" if signed else "unsigned"
 
 
