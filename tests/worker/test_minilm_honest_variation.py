@@ -23,7 +23,6 @@ TEXTS = (["A man is eating food.", "A man is eating a piece of bread.", "The new
          + [f"Note {i}: a few words about {TOPICS[i % 7]}, " + "and some more detail " * (i % 9) for i in range(56)]
          + ["word " * 200, "The quarterly figures for the northern region were revised again " * 6])
 
-pytestmark = pytest.mark.skipif(not minilm.available(), reason="the minilm packages are part of the install")
 
 
 def _session_backend(level, threads: int) -> minilm.MiniLMBackend:
