@@ -58,14 +58,16 @@ INSTALLED_APPS = [
     "apps.chat",
 ]
 
+# Django's own middleware, in peercycles/middleware.py's forms: under ASGI no thread hop per hook,
+# and the /v1 API (API keys, no cookies) skips sessions, CSRF, authentication and messages.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "peercycles.middleware.SecurityMiddleware",
+    "peercycles.middleware.SessionMiddleware",
+    "peercycles.middleware.CommonMiddleware",
+    "peercycles.middleware.CsrfViewMiddleware",
+    "peercycles.middleware.AuthenticationMiddleware",
+    "peercycles.middleware.MessageMiddleware",
+    "peercycles.middleware.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
 ]
 
