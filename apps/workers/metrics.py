@@ -42,7 +42,7 @@ def after_outcome(reputation: float, updated_at, now, outcome: str) -> float:
 
 
 # Databases where an outcome and a speed sample are folded in by one statement each (the ORM's
-# read, lock and write cost 6% of the node's Python time under load: docs/benchmarks.md).
+# read, lock and write cost 11% of the node's Python samples under load: docs/benchmarks.md).
 # Emptied by tests to run the portable path here too.
 ONE_STATEMENT_VENDORS = {"postgresql"}
 
