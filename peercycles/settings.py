@@ -138,14 +138,15 @@ if REDIS_URL:
         }
     }
     # "pubsub": channels_redis's pub/sub layer (a frame is one PUBLISH, delivered by each
-    # process's one subscription; at most once, no capacity). "list": its list-based layer with
+    # process's one subscription; at most once, no capacity), a frame for a channel of this
+    # process put in its queue here (peercycles/channel_layer.py). "list": its list-based layer with
     # our one-round-trip send, whose receive serializes every message of a process behind one
     # lock and one BZPOPMIN. Measured (docs/benchmarks.md): with pub/sub 200 concurrent streams
     # complete whole, the node serves 19.5 jobs/s against 10.9, at 64 streams the first token
     # comes 2.8 s late against 6.7 s. The relay turns a lost frame into a refunded failure.
     PEER_CHANNEL_LAYER = env_str("PEER_CHANNEL_LAYER", "pubsub")
     if PEER_CHANNEL_LAYER == "pubsub":
-        CHANNEL_LAYERS["default"]["BACKEND"] = "channels_redis.pubsub.RedisPubSubChannelLayer"
+        CHANNEL_LAYERS["default"]["BACKEND"] = "peercycles.channel_layer.LocalFirstPubSubChannelLayer"
         layer_config = CHANNEL_LAYERS["default"]["CONFIG"]
         CHANNEL_LAYERS["default"]["CONFIG"] = {"hosts": layer_config["hosts"], "prefix": layer_config["prefix"]}
     elif PEER_CHANNEL_LAYER != "list":
