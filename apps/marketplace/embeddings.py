@@ -30,6 +30,7 @@ from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import worker_job_state
 from apps.workers.services import worker_claim_best, worker_release
+from apps.workers.vacancies import vacancy_announce, vacancy_wait
 from worker import protocol
 
 from .embedding_proofs import ChunkRejected, chunk_proof
@@ -127,7 +128,7 @@ class EmbedRelay(JobMailbox):
                 raise JobFailed(503, "no_worker_available",
                                 f"No worker for {self.entry.name} ({self.job.tier}) became free in time. "
                                 "Your credits were not charged.")
-            await asyncio.sleep(ROUTE_POLL_SECONDS)
+            await vacancy_wait(ROUTE_POLL_SECONDS)
 
     async def _embed_all(self, deadline: float) -> tuple[list[list[float]], list[dict], float]:
         """The claimed worker's vectors for every input, each chunk's proof (embedding_proofs.py),
@@ -211,7 +212,8 @@ class EmbedRelay(JobMailbox):
             except (TimeoutError, _WorkerFault, *LAYER_ERRORS) as exc:
                 logger.warning("worker %s did not confirm it stopped embedding job %s: %r",
                                self.worker_id, self.job.id, exc)
-        await db(worker_release)(worker_id=self.worker_id, job_id=self.job.id)
+        if await db(worker_release)(worker_id=self.worker_id, job_id=self.job.id):
+            vacancy_announce()
         self.worker_id = self.worker_channel = self.model = None
         self.worker_key = ""
         self.worker_working = False

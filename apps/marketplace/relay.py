@@ -22,6 +22,7 @@ from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import model_attested, worker_for_enclave, worker_job_state
 from apps.workers.services import worker_claim_best, worker_release, workers_release_job
+from apps.workers.vacancies import vacancy_wait
 from worker import protocol
 
 from .confidential import attestation_snapshot, sealed_job_complete
@@ -198,7 +199,7 @@ class JobRelay(JobMailbox):
                 await self._fail(503, "no_worker_available",
                                  f"No worker for {self.entry.name} ({self.job.tier}) became free in "
                                  f"{settings.PEER_QUEUE_TIMEOUT:.0f}s{failed}. Your credits were not charged.")
-            await asyncio.sleep(ROUTE_POLL_SECONDS)
+            await vacancy_wait(ROUTE_POLL_SECONDS)
 
     async def _try_assign(self) -> bool:
         while claimed := await database_sync_to_async(self._claim_next)():

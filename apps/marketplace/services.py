@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts.selectors import api_key_authenticate
 from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
@@ -51,6 +52,15 @@ def catalogue_entry_open(*, name: str, tier: str) -> CatalogueModel:
         raise ApiError(429, f"{entry.name} ({tier}) has {settings.PEER_QUEUE_LIMIT} requests waiting for a "
                        "worker; retry shortly.", code="queue_full", headers={"Retry-After": "5"})
     return entry
+
+
+def caller_and_entry(*, raw_key: str, name: str, tier: str) -> tuple:
+    """(the API key's user, catalogue_entry_open(name, tier)) for a job request, or (None, None)
+    when the key is not valid: a bad key is answered before the model is looked at."""
+    user = api_key_authenticate(raw_key=raw_key)
+    if user is None:
+        return None, None
+    return user, catalogue_entry_open(name=name, tier=tier)
 
 
 def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:

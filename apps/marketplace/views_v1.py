@@ -26,19 +26,43 @@ from .requests import (
     parse_chat_request, parse_completion_request, parse_embedding_request, parse_sealed_chat_request, requested_tier,
 )
 from .selectors import job_get, models_listing
-from .services import InsufficientCredits, catalogue_entry_open, embed_job_create, job_create
+from .services import InsufficientCredits, caller_and_entry, embed_job_create, job_create
 
 logger = logging.getLogger(__name__)
 
 
-async def api_user(request):
+def _api_token(request) -> str:
     token = bearer_token(request.headers.get("Authorization", ""))
     if not token:
         raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    user = await database_sync_to_async(api_key_authenticate)(raw_key=token)
+    return token
+
+
+def _invalid_key() -> ApiError:
+    return ApiError(401, "Invalid or revoked API key.", code="invalid_api_key")
+
+
+async def api_user(request):
+    user = await database_sync_to_async(api_key_authenticate)(raw_key=_api_token(request))
     if user is None:
-        raise ApiError(401, "Invalid or revoked API key.", code="invalid_api_key")
+        raise _invalid_key()
     return user
+
+
+async def _api_user_and_entry(request, parse):
+    """(user, parsed request, catalogue entry) for a job request: `parse(body)` gives the request;
+    the key and the model's entry are read in one database call (each call is a thread hop and a
+    pooled connection). A bad key is told before anything else, a bad body or model after it."""
+    token = _api_token(request)
+    try:
+        parsed = parse(_body(request))
+    except ApiError:
+        await api_user(request)
+        raise
+    user, entry = await database_sync_to_async(caller_and_entry)(raw_key=token, name=parsed.model, tier=parsed.tier)
+    if user is None:
+        raise _invalid_key()
+    return user, parsed, entry
 
 
 def openai_errors(view):
@@ -104,17 +128,17 @@ async def completions(request):
 async def _run_job(request, parse):
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
-    user = await api_user(request)
-    raw = _body(request)
     limits = dict(default_max_tokens=settings.PEER_DEFAULT_MAX_TOKENS, max_tokens_limit=settings.PEER_MAX_TOKENS_LIMIT)
-    if requested_tier(raw, default_tier=settings.PEER_DEFAULT_TIER) == "confidential":
-        if parse is not parse_chat_request:
-            raise ApiError(400, "/v1/completions has no confidential form: send a chat request through the "
-                           "client proxy (python -m client proxy).", param="peer_tier", code="unsupported_tier")
-        chat = parse_sealed_chat_request(raw, **limits)
-    else:
-        chat = parse(raw, default_tier=settings.PEER_DEFAULT_TIER, **limits)
-    entry = await _catalogue_entry(chat.model, tier=chat.tier)
+
+    def parse_any_tier(raw: bytes):
+        if requested_tier(raw, default_tier=settings.PEER_DEFAULT_TIER) == "confidential":
+            if parse is not parse_chat_request:
+                raise ApiError(400, "/v1/completions has no confidential form: send a chat request through the "
+                               "client proxy (python -m client proxy).", param="peer_tier", code="unsupported_tier")
+            return parse_sealed_chat_request(raw, **limits)
+        return parse(raw, default_tier=settings.PEER_DEFAULT_TIER, **limits)
+
+    user, chat, entry = await _api_user_and_entry(request, parse_any_tier)
     if entry.kind != "chat":
         raise ApiError(400, f"{entry.name} is an embedding model: use POST /v1/embeddings.", param="model",
                        code="unsupported_model")
@@ -168,12 +192,14 @@ async def embeddings(request):
     """One vector per input, in order, from a worker serving the embedding model; settled like chat."""
     if request.method != "POST":
         raise ApiError(405, "Use POST.", code="method_not_allowed")
-    user = await api_user(request)
-    embedding = parse_embedding_request(_body(request), default_tier=settings.PEER_DEFAULT_TIER)
-    if embedding.tier == "confidential":
-        raise ApiError(400, "Embeddings have no confidential form yet: use the open or verified tier.",
-                       param="peer_tier", code="unsupported_tier")
-    entry = await _catalogue_entry(embedding.model, tier=embedding.tier)
+    def parse(raw: bytes):
+        embedding = parse_embedding_request(raw, default_tier=settings.PEER_DEFAULT_TIER)
+        if embedding.tier == "confidential":
+            raise ApiError(400, "Embeddings have no confidential form yet: use the open or verified tier.",
+                           param="peer_tier", code="unsupported_tier")
+        return embedding
+
+    user, embedding, entry = await _api_user_and_entry(request, parse)
     slot = await job_admit()
     try:
         job, settlement = await _create_paid_job(request, create=embed_job_create, user=user, embedding=embedding,
@@ -195,11 +221,6 @@ def _body(request) -> bytes:
     except RequestDataTooBig:  # Django's cap (DATA_UPLOAD_MAX_MEMORY_SIZE); say so in OpenAI's shape
         raise ApiError(413, f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes: send "
                        "fewer or shorter messages or inputs per request.", code="request_too_large") from None
-
-
-async def _catalogue_entry(name: str, *, tier: str):
-    """services.catalogue_entry_open in one database call (a thread hop and a pooled connection)."""
-    return await database_sync_to_async(catalogue_entry_open)(name=name, tier=tier)
 
 
 async def _create_paid_job(request, *, create, **job):

@@ -14,6 +14,7 @@ from worker import protocol
 
 from .attest_link import AttestingLink
 from .services import WorkerAuthError, worker_connect, worker_disconnect, worker_release, worker_seen
+from .vacancies import vacancy_announce
 
 logger = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
@@ -142,7 +143,8 @@ class AgentConsumer(AttestingLink, AsyncJsonWebsocketConsumer):
             self.jobs.pop(job_id, None)
         # An embedding job keeps its worker across its chunks: its relay releases it at the end.
         if frame["type"] in ("job.done", "job.error", "validate.done"):
-            await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=job_id)
+            if await database_sync_to_async(worker_release)(worker_id=self.worker_id, job_id=job_id):
+                vacancy_announce()
 
     async def agent_send(self, event):
         """A frame from the node (job.assign, embed.assign, validate.assign, job.cancel) for this agent."""

@@ -12,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from apps.workers.consumers import AgentConsumer
 from apps.workers.models import Worker
 from apps.workers.services import worker_register, worker_revoke
+from apps.workers.vacancies import vacancy_wait
 from worker import protocol
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -176,6 +177,22 @@ async def test_frames_go_straight_to_the_relay_that_assigned_the_job(registered)
     import asyncio
     with pytest.raises(TimeoutError):  # nothing went to the group as well
         await asyncio.wait_for(layer.receive(grouped), timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_the_last_frame_frees_the_worker_and_wakes_a_relay_waiting_for_one(registered):
+    worker, token = registered
+    communicator, _ = await _online(token)
+    job_id = str(uuid.uuid4())
+    await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id)
+    layer, channel = await _listen_to_job(job_id)
+    await _assign(layer, worker.id, job_id)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "job.assign"
+    waiting = asyncio.ensure_future(vacancy_wait(30))  # another request, every worker busy
+    await communicator.send_json_to({"type": "job.done", "job_id": job_id, "finish_reason": "stop",
+                                     "model_digest": MODEL["digest"]})
+    await asyncio.wait_for(waiting, 5)  # at once, not at its next poll
+    assert (await Worker.objects.aget(id=worker.id)).status == Worker.Status.IDLE
     await communicator.disconnect()
 
 
