@@ -91,7 +91,7 @@ def _conversation_of(user, request: dict):
 
 
 def _chat_entry(chat):
-    entry = catalogue_entry_open(name=chat.model, tier=chat.tier)
+    entry = catalogue_entry_open(name=chat.model)
     if entry.kind != "chat":
         raise ApiError(400, f"{entry.name} is an embedding model: it cannot chat.", param="model",
                        code="unsupported_model")

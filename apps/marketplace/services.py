@@ -41,26 +41,24 @@ class Quote:
     price_ceiling: int
 
 
-def catalogue_entry_open(*, name: str, tier: str) -> CatalogueModel:
-    """The active catalogue entry called `name` (ApiError 404 if none), if its queue for `tier`
-    has room (429 if not): the early answer; job creation counts again under a lock."""
+def catalogue_entry_open(*, name: str) -> CatalogueModel:
+    """The active catalogue entry called `name` (ApiError 404 if none). Whether its queue has room
+    is counted once per request, when the job is created, under a lock (_job_create_held): a
+    count here as well cost every request a statement for an earlier 429 (docs/benchmarks.md)."""
     entry = catalogue_get(name=name)
     if entry is None:
         raise ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models "
                        "lists them.", param="model", code="model_not_found")
-    if jobs_waiting_count(public_model=entry.name, tier=tier) >= settings.PEER_QUEUE_LIMIT:
-        raise ApiError(429, f"{entry.name} ({tier}) has {settings.PEER_QUEUE_LIMIT} requests waiting for a "
-                       "worker; retry shortly.", code="queue_full", headers={"Retry-After": "5"})
     return entry
 
 
-def caller_and_entry(*, raw_key: str, name: str, tier: str) -> tuple:
-    """(the API key's user, catalogue_entry_open(name, tier)) for a job request, or (None, None)
-    when the key is not valid: a bad key is answered before the model is looked at."""
+def caller_and_entry(*, raw_key: str, name: str) -> tuple:
+    """(the API key's user, catalogue_entry_open(name)) for a job request, or (None, None) when
+    the key is not valid: a bad key is answered before the model is looked at."""
     user = api_key_authenticate(raw_key=raw_key)
     if user is None:
         return None, None
-    return user, catalogue_entry_open(name=name, tier=tier)
+    return user, catalogue_entry_open(name=name)
 
 
 def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:

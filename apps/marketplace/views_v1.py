@@ -59,7 +59,7 @@ async def _api_user_and_entry(request, parse):
     except ApiError:
         await api_user(request)
         raise
-    user, entry = await database_sync_to_async(caller_and_entry)(raw_key=token, name=parsed.model, tier=parsed.tier)
+    user, entry = await database_sync_to_async(caller_and_entry)(raw_key=token, name=parsed.model)
     if user is None:
         raise _invalid_key()
     return user, parsed, entry
