@@ -117,3 +117,43 @@ def test_busy_workers_stay_in_the_roster_so_scores_do_not_jump_with_who_is_free(
     assert sorted(_ranked_names(entry)) == ["busy", "idle"]
     roster = roster_get(entry=entry, tier="open")
     assert roster.tier_registered and not roster_get(entry=entry, tier="confidential").tier_registered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_roster_is_rebuilt_by_one_thread_while_the_others_go_on_with_it(bob, entry, settings,
+                                                                                 monkeypatch):
+    from apps.workers import roster as roster_module
+
+    _online(bob, entry, "first")
+    settings.PEER_ROUTING_CACHE_SECONDS = 600
+    old = roster_get(entry=entry, tier="open")
+    settings.PEER_ROUTING_CACHE_SECONDS = 0  # expired for everyone from now on
+    building, release, builds = threading.Event(), threading.Event(), []
+    real_build = roster_module._roster_build
+
+    def slow_build(**kwargs):
+        builds.append(threading.current_thread().name)
+        building.set()
+        release.wait(10)
+        return real_build(**kwargs)
+
+    monkeypatch.setattr(roster_module, "_roster_build", slow_build)
+    rebuilt = []
+
+    def rebuild():
+        try:
+            rebuilt.append(roster_get(entry=entry, tier="open"))
+        finally:
+            connection.close()  # this thread's own
+
+    rebuilder = threading.Thread(target=rebuild, name="rebuilder")
+    rebuilder.start()
+    assert building.wait(10)
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            assert [roster_get(entry=entry, tier="open") for _ in range(5)] == [old] * 5  # no wait, no build
+        assert queries.captured_queries == []
+    finally:
+        release.set()
+        rebuilder.join(10)
+    assert builds == ["rebuilder"] and rebuilt[0] is not old and rebuilt[0].built_at > old.built_at
