@@ -252,3 +252,20 @@ async def test_a_reconnecting_agent_fails_the_job_its_dead_link_held(registered)
     refreshed = await Worker.objects.aget(id=worker.id)
     assert (refreshed.status, refreshed.current_job_id) == (Worker.Status.IDLE, None)
     await communicator.disconnect()
+
+
+async def test_heartbeats_are_answered_each_and_recorded_at_most_every_third_of_the_silence_limit(registered,
+                                                                                                 settings):
+    settings.PEER_WORKER_SILENCE_LIMIT = 1.5  # recorded at most every 0.5 s
+    worker, token = registered
+    communicator, _ = await _online(token)
+    seen = [(await Worker.objects.aget(id=worker.id)).last_seen_at]
+    for pause in (0.0, 0.05, 0.7, 0.0):
+        await asyncio.sleep(pause)
+        await communicator.send_json_to({"type": "heartbeat"})
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "heartbeat"
+        seen.append((await Worker.objects.aget(id=worker.id)).last_seen_at)
+    # The hello recorded it; the next two heartbeats come sooner than 0.5 s after it and are not
+    # written; the one after 0.7 s more is; the last, right after it, is not.
+    assert seen[0] == seen[1] == seen[2] < seen[3] == seen[4]
+    await communicator.disconnect()
