@@ -140,14 +140,21 @@ async def _assign(layer, worker_id, job_id, reply_to=None):
         **({"reply_to": reply_to} if reply_to else {})})
 
 
-async def test_job_frames_reach_the_job_group_and_done_frees_the_worker(registered):
-    worker, token = registered
-    communicator, _ = await _online(token)
+async def _busy_with_a_job(worker, communicator):
+    """The worker claimed for a new job, assigned to its agent (which receives job.assign); the
+    job's id, and the layer and channel of a listener in the job's group."""
     job_id = str(uuid.uuid4())
     await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id)
     layer, channel = await _listen_to_job(job_id)
     await _assign(layer, worker.id, job_id)
     assert (await communicator.receive_json_from(timeout=5))["type"] == "job.assign"
+    return job_id, layer, channel
+
+
+async def test_job_frames_reach_the_job_group_and_done_frees_the_worker(registered):
+    worker, token = registered
+    communicator, _ = await _online(token)
+    job_id, layer, channel = await _busy_with_a_job(worker, communicator)
     await communicator.send_json_to({"type": "job.delta", "job_id": job_id, "seq": 0, "text": "Hi"})
     await communicator.send_json_to({"type": "job.done", "job_id": job_id, "finish_reason": "stop",
                                      "model_digest": MODEL["digest"]})
@@ -183,11 +190,7 @@ async def test_frames_go_straight_to_the_relay_that_assigned_the_job(registered)
 async def test_the_last_frame_frees_the_worker_and_wakes_a_relay_waiting_for_one(registered):
     worker, token = registered
     communicator, _ = await _online(token)
-    job_id = str(uuid.uuid4())
-    await Worker.objects.filter(id=worker.id).aupdate(status=Worker.Status.BUSY, current_job_id=job_id)
-    layer, channel = await _listen_to_job(job_id)
-    await _assign(layer, worker.id, job_id)
-    assert (await communicator.receive_json_from(timeout=5))["type"] == "job.assign"
+    job_id, _, _ = await _busy_with_a_job(worker, communicator)
     waiting = asyncio.ensure_future(vacancy_wait(30))  # another request, every worker busy
     await communicator.send_json_to({"type": "job.done", "job_id": job_id, "finish_reason": "stop",
                                      "model_digest": MODEL["digest"]})
