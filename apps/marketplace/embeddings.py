@@ -111,6 +111,7 @@ class EmbedRelay(JobMailbox):
 
     async def _claim(self, *, deadline: float) -> None:
         """Claim the best idle eligible worker not tried yet, polling until `deadline`."""
+        since = time.monotonic()  # its place among the relays waiting for a free worker
         while True:
             claimed = await db(worker_claim_best)(entry=self.entry, tier=self.job.tier, route=self.route,
                                                   price_ceiling=self.job.price_ceiling, job_id=self.job.id,
@@ -128,7 +129,7 @@ class EmbedRelay(JobMailbox):
                 raise JobFailed(503, "no_worker_available",
                                 f"No worker for {self.entry.name} ({self.job.tier}) became free in time. "
                                 "Your credits were not charged.")
-            await vacancy_wait(ROUTE_POLL_SECONDS)
+            await vacancy_wait(ROUTE_POLL_SECONDS, since=since)
 
     async def _embed_all(self, deadline: float) -> tuple[list[list[float]], list[dict], float]:
         """The claimed worker's vectors for every input, each chunk's proof (embedding_proofs.py),

@@ -181,6 +181,7 @@ class JobRelay(JobMailbox):
 
     async def _route(self, *, deadline: float) -> None:
         tier_checked = False
+        since = time.monotonic()  # its place among the relays waiting for a free worker
         while True:
             if await self._try_assign():
                 return
@@ -199,7 +200,7 @@ class JobRelay(JobMailbox):
                 await self._fail(503, "no_worker_available",
                                  f"No worker for {self.entry.name} ({self.job.tier}) became free in "
                                  f"{settings.PEER_QUEUE_TIMEOUT:.0f}s{failed}. Your credits were not charged.")
-            await vacancy_wait(ROUTE_POLL_SECONDS)
+            await vacancy_wait(ROUTE_POLL_SECONDS, since=since)
 
     async def _try_assign(self) -> bool:
         while claimed := await database_sync_to_async(self._claim_next)():

@@ -6,41 +6,41 @@ let go here when its agent link forwards the job's last frame (consumers.py) or 
 relay ends (embeddings.py), so this process wakes one waiter at once; a worker freed on another
 node process is still found at the next poll.
 
-One waiter per vacancy, the longest waiting: waking every waiting relay would make each try a
-claim (a database call) for one worker. The woken one may not be able to use that worker (another
-model, or a new request claimed it first); it goes back to waiting, and the worker is found at
-the next poll, as without this.
+One waiter per vacancy, the one that began waiting first: each waiter says when it began
+(`since`) every time it waits again, so its place holds across its polls and a woken one that
+lost the worker to another request keeps it too. Waking every waiting relay would make each try
+a claim (a database call) for one worker. The woken one may not be able to use that worker
+(another model); it waits again, and the worker is found at the next poll, as without this.
 """
 
 import asyncio
+import itertools
 import weakref
-from collections import deque
 
-# Per event loop: the node runs one per process; tests may run several in turn.
-_waiting: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, deque[asyncio.Future]]" = \
-    weakref.WeakKeyDictionary()
+# Per event loop (the node runs one per process; tests may run several in turn): the waiters,
+# (since, arrival number) -> the future that wakes them.
+_waiting: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+_arrivals = itertools.count()
 
 
-async def vacancy_wait(timeout: float) -> None:
-    """Return when this process lets a worker go and this waiter is first in line, or after
-    `timeout` seconds."""
+async def vacancy_wait(timeout: float, *, since: float) -> None:
+    """Return when this process lets a worker go and no waiter began waiting before `since`
+    (a time.monotonic() the caller keeps for its whole wait), or after `timeout` seconds."""
     loop = asyncio.get_running_loop()
-    line = _waiting.setdefault(loop, deque())
-    woken = loop.create_future()
-    line.append(woken)
+    waiters = _waiting.setdefault(loop, {})
+    place, woken = (since, next(_arrivals)), loop.create_future()
+    waiters[place] = woken
     try:
         await asyncio.wait({woken}, timeout=timeout)
     finally:
-        if not woken.done():
-            woken.cancel()
-            line.remove(woken)
+        if waiters.get(place) is woken:
+            del waiters[place]
+        woken.cancel()
 
 
 def vacancy_announce() -> None:
-    """A worker was let go in this process: wake the relay that has waited longest, if any."""
-    line = _waiting.get(asyncio.get_running_loop())
-    while line:
-        woken = line.popleft()
-        if not woken.done():
-            woken.set_result(None)
-            return
+    """A worker was let go in this process: wake the relay that began waiting first, if any."""
+    waiters = _waiting.get(asyncio.get_running_loop())
+    if waiters:
+        first = min(waiters)
+        waiters.pop(first).set_result(None)

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -191,7 +192,7 @@ async def test_the_last_frame_frees_the_worker_and_wakes_a_relay_waiting_for_one
     worker, token = registered
     communicator, _ = await _online(token)
     job_id, _, _ = await _busy_with_a_job(worker, communicator)
-    waiting = asyncio.ensure_future(vacancy_wait(30))  # another request, every worker busy
+    waiting = asyncio.ensure_future(vacancy_wait(30, since=time.monotonic()))  # another request, every worker busy
     await communicator.send_json_to({"type": "job.done", "job_id": job_id, "finish_reason": "stop",
                                      "model_digest": MODEL["digest"]})
     await asyncio.wait_for(waiting, 5)  # at once, not at its next poll
