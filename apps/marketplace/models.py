@@ -83,7 +83,7 @@ class Job(models.Model):
                    # the sampler's work list: small, as it draws for every job it finds
                    models.Index(fields=["finished_at"], condition=models.Q(verification_status="awaiting"),
                                 name="job_awaiting_sample"),
-                   # the queue a request joins (selectors.jobs_waiting_count, twice per request):
+                   # the queue a request joins (selectors.jobs_waiting_count, at every creation):
                    # entries for queued jobs only, where (hold_state, deadline_at) keeps one for
                    # each version of every held job until a vacuum (4 ms a count at 19k jobs)
                    models.Index(fields=["public_model", "tier"], condition=models.Q(status="queued", hold_state="held"),

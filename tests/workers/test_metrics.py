@@ -1,9 +1,7 @@
 """Reputation from outcomes with decay, and speed measured by the node (EWMA)."""
 
-import threading
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from apps.workers import metrics
@@ -11,6 +9,7 @@ from apps.workers.metrics import (HALF_LIFE_SECONDS, PRIOR, after_outcome, decay
                                   worker_outcome_record, worker_speed_record)
 from apps.workers.models import Worker, WorkerModelStats
 from apps.workers.services import worker_register
+from tests.support.races import run_at_once
 
 NOW = timezone.now()
 
@@ -102,23 +101,12 @@ def test_concurrent_outcomes_and_speed_samples_are_all_counted(bob, fold_path):
     """Each fold is read-modify-write: none may be lost to another thread's (the suite runs on
     PostgreSQL only: tests/conftest.py stops it elsewhere)."""
     worker, _ = worker_register(operator=bob, name="w", tiers=["open"])
-    errors = []
 
-    def record():
-        try:
-            for _ in range(25):
-                worker_completion_record(worker_id=worker.id, model_id="m", ttft_ms=100.0, tokens_per_second=10.0)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
+    def record(_):
+        for _ in range(25):
+            worker_completion_record(worker_id=worker.id, model_id="m", ttft_ms=100.0, tokens_per_second=10.0)
 
-    threads = [threading.Thread(target=record) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_at_once(record, 4) == [None] * 4  # no thread raised
     worker.refresh_from_db()
     assert worker.jobs_completed == 100
     assert worker.reputation == pytest.approx(1 - 0.5 * 0.9 ** 100, abs=1e-5)  # less a moment of decay
