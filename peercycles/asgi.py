@@ -4,7 +4,8 @@ network's event stream at /ws/network/)."""
 import os
 
 from django.conf import settings
-from django.core.asgi import get_asgi_application
+
+from peercycles.handlers import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "peercycles.settings")
 django_asgi_app = get_asgi_application()

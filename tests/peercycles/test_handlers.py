@@ -1,0 +1,77 @@
+"""The node's ASGI handler (peercycles/handlers.py): a request's thread-sensitive work runs on a
+thread lent from a pool, one thread per request in flight, given back when the request ends."""
+
+import asyncio
+import threading
+
+import pytest
+from django.core.signals import request_started
+
+from peercycles import asgi
+from peercycles.handlers import PooledThreadsASGIHandler, RequestThreads
+from tests.support.asgi_calls import http_scope, http_status
+
+BAD_KEY = http_scope("/v1/models", headers={"Authorization": "Bearer sk-not-a-key"})
+
+
+async def _request(handler) -> int:
+    return await http_status(handler, BAD_KEY)
+
+
+@pytest.fixture
+def handler(monkeypatch):
+    monkeypatch.setattr(PooledThreadsASGIHandler, "threads", RequestThreads(idle_kept=4))
+    return PooledThreadsASGIHandler()
+
+
+@pytest.fixture
+def started_on():
+    """The thread each request's request_started receivers ran on (a sync receiver runs on the
+    request's thread-sensitive thread)."""
+    seen = []
+
+    def record(**_):
+        seen.append(threading.get_ident())
+
+    request_started.connect(record)
+    yield seen
+    request_started.disconnect(record)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_requests_one_after_another_reuse_one_thread(handler, started_on):
+    for _ in range(3):
+        assert await _request(handler) == 401
+    assert len(started_on) == 3 and len(set(started_on)) == 1
+    assert handler.threads.started == 1
+    assert threading.get_ident() not in started_on  # never the event loop's own thread
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_requests_in_flight_together_each_have_a_thread_of_their_own(handler, started_on):
+    # Each request's receiver waits for the other's: on one shared thread they would never meet.
+    both = threading.Barrier(2, timeout=10)
+    request_started.connect(meet := lambda **_: both.wait())
+    try:
+        assert await asyncio.gather(_request(handler), _request(handler)) == [401, 401]
+    finally:
+        request_started.disconnect(meet)
+    assert len(set(started_on)) == 2
+    assert handler.threads.started == 2
+    assert await _request(handler) == 401  # and both went back to the pool
+    assert handler.threads.started == 2
+
+
+def test_the_pool_lets_go_of_threads_past_what_it_keeps():
+    threads = RequestThreads(idle_kept=1)
+    first, second = threads.take(), threads.take()
+    threads.give_back(first)
+    threads.give_back(second)  # one too many: shut down, not kept
+    assert threads.take() is first
+    with pytest.raises(RuntimeError):  # a shut-down executor takes no more work
+        second.submit(int)
+
+
+def test_the_node_serves_http_with_the_pooled_handler():
+    http = asgi.application.application_mapping["http"]
+    assert isinstance(getattr(http, "application", http), PooledThreadsASGIHandler)
