@@ -8,17 +8,20 @@ job's creation locks its model's catalogue row before both.
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.accounts.selectors import api_key_authenticate
+from apps.accounts.selectors import api_key_authenticate, api_key_touch, api_key_well_formed
+from apps.accounts.services import api_key_hash
 from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
+from peercycles.sql import instance_insert, instance_update
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_problem
 from worker.embedding_commitment import vectors_base64
 
+from . import job_sql
 from .errors import ApiError
 from .models import Job
 from .requests import ChatRequest, EmbeddingRequest
@@ -47,18 +50,37 @@ def catalogue_entry_open(*, name: str) -> CatalogueModel:
     count here as well cost every request a statement for an earlier 429 (docs/benchmarks.md)."""
     entry = catalogue_get(name=name)
     if entry is None:
-        raise ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models "
-                       "lists them.", param="model", code="model_not_found")
+        raise _model_not_found(name)
     return entry
+
+
+def _model_not_found(name: str) -> ApiError:
+    return ApiError(404, f"The model '{name}' does not exist on this network; GET /v1/models lists them.",
+                    param="model", code="model_not_found")
 
 
 def caller_and_entry(*, raw_key: str, name: str) -> tuple:
     """(the API key's user, catalogue_entry_open(name)) for a job request, or (None, None) when
-    the key is not valid: a bad key is answered before the model is looked at."""
-    user = api_key_authenticate(raw_key=raw_key)
-    if user is None:
+    the key is not valid: a bad key is answered before the model is looked at. One statement on
+    PostgreSQL (job_sql.caller_and_entry_row)."""
+    if not _hand_written():
+        user = api_key_authenticate(raw_key=raw_key)
+        if user is None:
+            return None, None
+        return user, catalogue_entry_open(name=name)
+    found = job_sql.caller_and_entry_row(key_hash=api_key_hash(raw_key), name=name) \
+        if api_key_well_formed(raw_key) else None
+    if found is None:
         return None, None
-    return user, catalogue_entry_open(name=name)
+    key_id, last_used_at, user, entry = found
+    api_key_touch(key_id=key_id, last_used_at=last_used_at)
+    if entry is None:
+        raise _model_not_found(name)
+    return user, entry
+
+
+def _hand_written() -> bool:
+    return connection.vendor in job_sql.HAND_WRITTEN_VENDORS
 
 
 def job_quote(*, chat: ChatRequest, entry: CatalogueModel) -> Quote:
@@ -94,15 +116,17 @@ def _job_create_held(*, user, quote: Quote, **fields) -> Job:
     with transaction.atomic(durable=True):
         # Counted under the catalogue row's lock, so a burst cannot overfill the queue between
         # the count and the insert (the view's own count is only the cheap early answer).
-        list(CatalogueModel.objects.select_for_update().filter(name=fields["public_model"]).values_list("id"))
-        if jobs_waiting_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
+        if _queue_locked_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
             raise ApiError(429, f"{fields['public_model']} ({fields['tier']}) has {settings.PEER_QUEUE_LIMIT} "
                            "requests waiting for a worker; retry shortly.", code="queue_full",
                            headers={"Retry-After": "5"})
-        job = Job.objects.create(
-            user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
-            price_ceiling=quote.price_ceiling, deadline_at=timezone.now() + timezone.timedelta(seconds=budget),
-            **fields)
+        job = Job(user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
+                  price_ceiling=quote.price_ceiling, deadline_at=timezone.now() + timezone.timedelta(seconds=budget),
+                  **fields)
+        if _hand_written():
+            instance_insert(job)
+        else:
+            job.save(force_insert=True)
         try:
             credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference)
         except InsufficientFunds as exc:
@@ -111,9 +135,20 @@ def _job_create_held(*, user, quote: Quote, **fields) -> Job:
     return job
 
 
+def _queue_locked_count(*, public_model: str, tier: str) -> int:
+    """Lock the model's catalogue row, then count the jobs waiting in its queue."""
+    if _hand_written():
+        return job_sql.queue_locked_count(public_model=public_model, tier=tier)
+    list(CatalogueModel.objects.select_for_update().filter(name=public_model).values_list("id"))
+    return jobs_waiting_count(public_model=public_model, tier=tier)
+
+
 def job_start(*, job_id, worker_id, model_digest: str, price_per_token: int) -> bool:
     """Record the worker now running the job (again, after a failover) and the price per token
     it charges (never above the job's price ceiling). False if the job ended."""
+    if _hand_written():
+        return job_sql.job_start_row(job_id=job_id, worker_id=worker_id, model_digest=model_digest,
+                                     price_per_token=price_per_token, now=timezone.now())
     return Job.objects.filter(id=job_id, hold_state=Job.HoldState.HELD, price_ceiling__gte=price_per_token).update(
         status=Job.Status.RUNNING, worker_id=worker_id, model_digest=model_digest, price_per_token=price_per_token,
         started_at=timezone.now()) == 1
@@ -171,7 +206,7 @@ def _job_capture(*, job_id, settle) -> Job:
     and record it completed with the fields `settle` returns as well ((charge, fields)). Locks the
     job row, then the ledger accounts; a no-op returning the job when it was settled already."""
     with transaction.atomic(durable=True):
-        job = Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
+        job = _job_locked(job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
         charge, fields = settle(job)
@@ -181,22 +216,35 @@ def _job_capture(*, job_id, settle) -> Job:
         job.finished_at = timezone.now()
         for name, value in fields.items():
             setattr(job, name, value)
-        job.save(update_fields=["status", "hold_state", "charged_amount", "finished_at", *fields])
+        _job_save(job, ["status", "hold_state", "charged_amount", "finished_at", *fields])
     return job
+
+
+def _job_locked(job_id) -> Job:
+    """The job with its row locked, its worker and user loaded (what a settlement reads)."""
+    if _hand_written():
+        return job_sql.job_locked(job_id=job_id)
+    return Job.objects.select_for_update(of=("self",)).select_related("worker", "user").get(id=job_id)
+
+
+def _job_save(job: Job, names: list[str]) -> None:
+    if _hand_written():
+        instance_update(job, names)
+    else:
+        job.save(update_fields=names)
 
 
 def job_fail(*, job_id, code: str, message: str) -> Job:
     """Refund the whole hold and mark the job failed. A no-op on a job already settled."""
     with transaction.atomic(durable=True):
-        job = Job.objects.select_for_update(of=("self",)).select_related("user").get(id=job_id)
+        job = _job_locked(job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
         credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=0, worker=None,
                                  reference=job.reference)
         job.status, job.hold_state, job.charged_amount = Job.Status.FAILED, Job.HoldState.RELEASED, 0
         job.error_code, job.error_message, job.finished_at = code[:50], message[:500], timezone.now()
-        job.save(update_fields=["status", "hold_state", "charged_amount", "error_code", "error_message",
-                                "finished_at"])
+        _job_save(job, ["status", "hold_state", "charged_amount", "error_code", "error_message", "finished_at"])
     return job
 
 

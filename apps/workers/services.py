@@ -162,8 +162,20 @@ def worker_claim_best(*, entry: CatalogueModel, tier: str, route, price_ceiling:
     return worker_id, channel, model, price
 
 
+_RELEASE_SQL = f"""
+UPDATE {Worker._meta.db_table} SET status = 'idle', current_job_id = NULL, last_job_at = %s
+WHERE id = %s AND status = 'busy' AND current_job_id = %s
+"""
+
+
 def worker_release(*, worker_id, job_id) -> bool:
-    """Make the worker idle again after `job_id`; a no-op if it already moved on or went offline."""
+    """Make the worker idle again after `job_id`; a no-op if it already moved on or went offline.
+    Written by hand on PostgreSQL: the agent link runs it after every job, and the ORM's building
+    of it cost more than the statement (docs/benchmarks.md)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_RELEASE_SQL, [timezone.now(), str(worker_id), str(job_id)])
+            return cursor.rowcount == 1
     return Worker.objects.filter(id=worker_id, status=Worker.Status.BUSY, current_job_id=job_id).update(
         status=Worker.Status.IDLE, current_job_id=None, last_job_at=timezone.now()) == 1
 
