@@ -91,3 +91,69 @@ async def test_the_pubsub_layer_sends_to_another_process_and_to_groups_through_r
     assert _publishes() - before == 2
     await here.flush()
     await there.flush()
+
+
+def _subscriptions() -> int:
+    """SUBSCRIBE and UNSUBSCRIBE commands the Redis server has run so far (all clients)."""
+    stats = redis.Redis.from_url(settings.REDIS_URL).info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("subscribe", "unsubscribe"))
+
+
+async def _leave(layer, channel) -> None:
+    """What a relay or a consumer does when it goes: its pending receive is cancelled."""
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0)
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+
+
+async def test_new_channels_and_their_end_cost_redis_nothing_after_the_first():
+    layer = _pubsub_layer()
+    first = await layer.new_channel()  # subscribes this event loop's inbox
+    before = _subscriptions()
+    channels = [await layer.new_channel() for _ in range(20)]
+    for channel in channels:
+        await layer.send(channel, {"type": "job.frame", "n": channel})
+        assert (await asyncio.wait_for(layer.receive(channel), 5))["n"] == channel
+        await _leave(layer, channel)
+    assert _subscriptions() == before
+    assert len(set(channels) | {first}) == 21 and all(c.split("!")[0] == first.split("!")[0] for c in channels)
+    await layer.flush()
+
+
+async def test_another_process_reaches_a_process_local_channel_through_its_inbox_in_order():
+    here, there = _pubsub_layer(), _pubsub_layer()  # two node processes
+    theirs, also_theirs = await there.new_channel(), await there.new_channel()
+    for seq in range(20):
+        await here.send(theirs, {"type": "agent.send", "seq": seq})
+    await here.send(also_theirs, {"type": "agent.send", "seq": "other"})
+    assert [(await asyncio.wait_for(there.receive(theirs), 5))["seq"] for _ in range(20)] == list(range(20))
+    assert (await asyncio.wait_for(there.receive(also_theirs), 5))["seq"] == "other"
+    await here.flush()
+    await there.flush()
+
+
+async def test_a_message_for_a_channel_that_has_gone_is_dropped_and_the_others_still_arrive():
+    here, there = _pubsub_layer(), _pubsub_layer()
+    gone, staying = await there.new_channel(), await there.new_channel()
+    await _leave(there, gone)
+    await here.send(gone, {"type": "job.frame", "n": 1})  # from another process: published, dropped there
+    await there.send(gone, {"type": "job.frame", "n": 2})  # from its own: not even published
+    await here.send(staying, {"type": "job.frame", "n": 3})
+    assert (await asyncio.wait_for(there.receive(staying), 5))["n"] == 3
+    assert gone not in there._get_layer().channels
+    await here.flush()
+    await there.flush()
+
+
+async def test_after_a_flush_new_channels_get_a_new_inbox_that_works():
+    here, there = _pubsub_layer(), _pubsub_layer()
+    old = await there.new_channel()
+    await there.flush()
+    new = await there.new_channel()
+    assert new.split("!")[0] != old.split("!")[0]
+    await here.send(new, {"type": "job.frame", "n": 1})
+    assert (await asyncio.wait_for(there.receive(new), 5))["n"] == 1
+    await here.flush()
+    await there.flush()
