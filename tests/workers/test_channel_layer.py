@@ -157,3 +157,33 @@ async def test_after_a_flush_new_channels_get_a_new_inbox_that_works():
     assert (await asyncio.wait_for(there.receive(new), 5))["n"] == 1
     await here.flush()
     await there.flush()
+
+
+async def test_a_jobs_group_costs_redis_nothing_to_join_or_leave_and_reaches_members_in_every_process():
+    here, there = _pubsub_layer(), _pubsub_layer()
+    mine, left, theirs = await here.new_channel(), await here.new_channel(), await there.new_channel()
+    await there.group_add("network-test", theirs)  # other groups: one subscription each, as before
+    before = _subscriptions()
+    for job in range(10):
+        await here.group_add(f"job.{job}", mine)
+        await here.group_add(f"job.{job}", left)
+        await there.group_add(f"job.{job}", theirs)
+        await here.group_discard(f"job.{job}", left)
+        if job < 9:
+            await here.group_discard(f"job.{job}", mine)
+            await there.group_discard(f"job.{job}", theirs)
+    assert _subscriptions() == before
+    await there.group_send("job.9", {"type": "job.frame", "n": 1})  # a notice from another process
+    await here.group_send("job.9", {"type": "job.frame", "n": 2})  # and from this one
+    await here.group_send("job.3", {"type": "job.frame", "n": "nobody is in it now"})
+    await here.group_send("network-test", {"type": "network.event", "n": 3})
+    assert [(await asyncio.wait_for(here.receive(mine), 5))["n"] for _ in range(2)] == [1, 2]
+    # (order is kept per sender and channel; these came three ways)
+    assert sorted([(await asyncio.wait_for(there.receive(theirs), 5))["n"] for _ in range(3)]) == [1, 2, 3]
+    received = [here.receive(left), here.receive(mine), there.receive(theirs)]
+    done, pending = await asyncio.wait([asyncio.ensure_future(r) for r in received], timeout=0.5)
+    assert not done  # nothing more: not for the member that left, nor from job.3
+    for waiting in pending:
+        waiting.cancel()
+    await here.flush()
+    await there.flush()
