@@ -72,3 +72,19 @@ def get_asgi_application() -> PooledThreadsASGIHandler:
 
     django.setup(set_prefix=False)
     return PooledThreadsASGIHandler()
+
+
+class ThreadPerConnection:
+    """For a Channels consumer: its thread-sensitive sync work (every `database_sync_to_async`
+    call) runs on a thread of the connection's own, as an HTTP request's does.
+
+    Channels gives a consumer no such context, so asgiref sent the calls of every WebSocket
+    connection in the process to one shared thread, one at a time: with 200 agent links, the
+    release of a worker after its job queued behind the other links' heartbeat writes, and 64
+    clients' requests that arrived together stalled 8-10 s (docs/benchmarks.md, "A thread per
+    agent link"). The thread is started on the connection's first such call and ends with it.
+    """
+
+    async def __call__(self, scope, receive, send):
+        async with ThreadSensitiveContext():
+            await super().__call__(scope, receive, send)

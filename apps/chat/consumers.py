@@ -31,6 +31,7 @@ from apps.marketplace.confidential import sealed_job_create
 from apps.marketplace.errors import ApiError
 from apps.marketplace.relay import JobFailed, JobRelay
 from apps.marketplace.services import InsufficientCredits, job_create
+from peercycles.handlers import ThreadPerConnection
 
 from .services import chat_answer_record, chat_message_prepare, chat_sealed_prepare
 
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 CLOSE_NOT_SIGNED_IN = 4401
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(ThreadPerConnection, AsyncJsonWebsocketConsumer):
     answering: asyncio.Task | None = None
 
     async def connect(self):

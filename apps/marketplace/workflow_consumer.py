@@ -11,13 +11,15 @@ import logging
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from peercycles.handlers import ThreadPerConnection
+
 from .workflow import Workflow, wait_or_none
 
 logger = logging.getLogger(__name__)
 CLOSE_NOT_SIGNED_IN = 4401
 
 
-class WorkflowConsumer(AsyncJsonWebsocketConsumer):
+class WorkflowConsumer(ThreadPerConnection, AsyncJsonWebsocketConsumer):
     running: asyncio.Task | None = None
     sealed: asyncio.Future | None = None
 

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import time
 
+from asgiref.sync import ThreadSensitiveContext
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
@@ -37,6 +38,12 @@ class AgentConsumer(AttestingLink, AsyncJsonWebsocketConsumer):
     worker_id = None
 
     async def __call__(self, scope, receive, send):
+        # A thread of the link's own for its database calls (peercycles.handlers.ThreadPerConnection
+        # says why), around the failure handling below too.
+        async with ThreadSensitiveContext():
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         except _LAYER_ERRORS as exc:

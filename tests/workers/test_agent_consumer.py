@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 
@@ -10,6 +11,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from apps.workers import consumers
 from apps.workers.consumers import AgentConsumer
 from apps.workers.models import Worker
 from apps.workers.services import worker_register, worker_revoke
@@ -273,3 +275,26 @@ async def test_heartbeats_are_answered_each_and_recorded_at_most_every_third_of_
     # written; the one after 0.7 s more is; the last, right after it, is not.
     assert seen[0] == seen[1] == seen[2] < seen[3] == seen[4]
     await communicator.disconnect()
+
+
+@pytest.fixture
+def two_workers(bob):
+    return [worker_register(operator=bob, name=f"bob-{n}", tiers=["open"]) for n in range(2)]
+
+
+async def test_each_link_makes_its_database_calls_on_a_thread_of_its_own(two_workers, monkeypatch):
+    # Each link's hello waits inside its database call for the other's: on one shared thread
+    # (asgiref's default for a consumer) the second could never start, and the first times out.
+    both, threads = threading.Barrier(2, timeout=5), []
+    real = consumers.worker_connect
+
+    def meeting(**kwargs):
+        threads.append(threading.get_ident())
+        both.wait()
+        return real(**kwargs)
+
+    monkeypatch.setattr(consumers, "worker_connect", meeting)
+    links = await asyncio.gather(*(_online(token) for _, token in two_workers))
+    assert len(set(threads)) == 2 and threading.get_ident() not in threads
+    for communicator, _ in links:
+        await communicator.disconnect()
