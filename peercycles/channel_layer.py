@@ -10,6 +10,7 @@ keys, with the same scores, capacity rule and message format, so it mixes with t
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 
@@ -155,9 +156,9 @@ class LocalFirstPubSubChannelLayer(RedisPubSubChannelLayer):
             if inbox is None or inbox not in layer.channels:
                 for pump in getattr(layer, "peer_pumps", ()):
                     pump.cancel()
-                inbox, broadcast = f"{layer.prefix}{prefix}inbox.{uuid.uuid4().hex}", f"{layer.prefix}{BROADCAST_CHANNEL}"
+                inbox = f"{layer.prefix}{prefix}inbox.{uuid.uuid4().hex}"
                 layer.peer_pumps = []
-                for name in (inbox, broadcast):
+                for name in (inbox, f"{layer.prefix}{BROADCAST_CHANNEL}"):
                     await layer._subscribe_to_channel(name)  # noqa: SLF001 (the library's own step)
                     layer.peer_pumps.append(asyncio.ensure_future(self._hand_out(layer, layer.channels[name])))
                 layer.peer_groups = getattr(layer, "peer_groups", {})
@@ -166,18 +167,21 @@ class LocalFirstPubSubChannelLayer(RedisPubSubChannelLayer):
 
     async def _hand_out(self, layer, arrivals: asyncio.Queue) -> None:
         """Hand each message published to the inbox or the broadcast channel to its channel, or
-        to this process's members of its group."""
+        to this process's members of its group (each its own copy, as through Redis)."""
         while True:
             raw = await arrivals.get()
-            message = self.deserialize(raw)
-            target, group = message.pop(_TARGET, None), message.get(_GROUP)
-            for channel in [target] if target else list(layer.peer_groups.get(group, ())):
+            try:
+                message = self.deserialize(raw)
+                target, group = message.pop(_TARGET, None), message.pop(_GROUP, None)
+            except Exception:  # one bad publication must not end the delivery of all the others
+                logger.exception("dropped a message this process could not read")
+                continue
+            members = [target] if target else list(layer.peer_groups.get(group, ()))
+            for index, channel in enumerate(members):
                 if (queue := layer.channels.get(channel)) is not None:
-                    copy = self.deserialize(raw)  # each receiver its own, as through Redis
-                    copy.pop(_TARGET, None), copy.pop(_GROUP, None)
-                    queue.put_nowait(copy)
+                    queue.put_nowait(message if index == 0 else self.deserialize(self.serialize(message)))
 
-
+logger = logging.getLogger(__name__)
 _TARGET = "__asgi_channel__"
 _GROUP = "__peer_group__"
 # Groups kept in each process and reached through BROADCAST_CHANNEL (see the class).

@@ -6,7 +6,8 @@ import asyncio
 
 def http_scope(path: str, *, method: str = "GET", headers: dict[str, str] | None = None) -> dict:
     return {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-            "headers": [(b"host", b"localhost"), *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())],
+            "headers": [(b"host", b"localhost"),
+                        *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items())],
             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5555),
             "asgi": {"version": "3.0"}, "http_version": "1.1", "root_path": ""}
 
