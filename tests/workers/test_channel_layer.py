@@ -187,3 +187,13 @@ async def test_a_jobs_group_costs_redis_nothing_to_join_or_leave_and_reaches_mem
         waiting.cancel()
     await here.flush()
     await there.flush()
+
+
+async def test_a_publication_the_inbox_cannot_read_is_dropped_and_delivery_goes_on():
+    here, there = _pubsub_layer(), _pubsub_layer()
+    theirs = await there.new_channel()
+    redis.Redis.from_url(settings.REDIS_URL).publish(theirs.split("!")[0], b"\xc1 not msgpack")
+    await here.send(theirs, {"type": "job.frame", "n": 1})
+    assert (await asyncio.wait_for(there.receive(theirs), 5))["n"] == 1
+    await here.flush()
+    await there.flush()
