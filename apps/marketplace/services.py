@@ -115,7 +115,7 @@ def _job_create_held(*, user, quote: Quote, **fields) -> Job:
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
         # Counted under the catalogue row's lock, so a burst cannot overfill the queue between
-        # the count and the insert (the view's own count is only the cheap early answer).
+        # the count and the insert.
         if _queue_locked_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
             raise ApiError(429, f"{fields['public_model']} ({fields['tier']}) has {settings.PEER_QUEUE_LIMIT} "
                            "requests waiting for a worker; retry shortly.", code="queue_full",
