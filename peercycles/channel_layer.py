@@ -125,10 +125,10 @@ class LocalFirstPubSubChannelLayer(RedisPubSubChannelLayer):
         layer = self._get_layer()
         if not group.startswith(BROADCAST_GROUP_PREFIXES):
             return await layer.group_discard(group, channel)
-        members = getattr(layer, "peer_groups", {}).get(group, set())
-        members.discard(channel)
-        if not members:
-            getattr(layer, "peer_groups", {}).pop(group, None)
+        groups = getattr(layer, "peer_groups", {})  # none before this loop's first new channel
+        groups.get(group, set()).discard(channel)
+        if not groups.get(group):
+            groups.pop(group, None)
 
     async def group_send(self, group, message):
         layer = self._get_layer()
