@@ -40,6 +40,13 @@ wire_log = logging.getLogger("worker.wire")
 
 AGENT_PATH = "/ws/agent/"
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
+# A job whose client is not streaming (job.assign's "stream": false) gets its first piece at
+# once (the node measures time to first token from it) and the rest in batches: a frame costs
+# the agent and the node about as much as the piece it carries, and nobody reads the pieces
+# until the answer is whole. A batch goes out after this long or this many characters, so a
+# long answer still reaches the node as it is made (a cancel charges what was relayed).
+BATCH_SECONDS = 0.5
+BATCH_CHARS = 16_384
 FATAL_CLOSE_CODES = {
     protocol.CLOSE_BAD_TOKEN: "the node rejected the worker token",
     protocol.CLOSE_REVOKED: "this worker's token has been revoked",
@@ -257,7 +264,8 @@ class Agent(EmbeddingJobs, SealedJobs):
         await _send(ws, {"type": "job.accepted", "job_id": job_id})
         cancel = threading.Event()
         params = frame.get("params") or {}
-        task = asyncio.create_task(self._run_job(ws, job_id, served, request, params, cancel))
+        batched = frame.get("stream") is False  # absent (an older node): piece by piece
+        task = asyncio.create_task(self._run_job(ws, job_id, served, request, params, cancel, batched))
         self._job = _Job(job_id, cancel, task)
 
     async def _on_validate(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
@@ -353,9 +361,9 @@ class Agent(EmbeddingJobs, SealedJobs):
     # -- running a job ----------------------------------------------------------------------
 
     async def _run_job(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
-                       params: dict[str, Any], cancel: threading.Event) -> None:
+                       params: dict[str, Any], cancel: threading.Event, batched: bool = False) -> None:
         try:
-            await self._execute(ws, job_id, served, request, params, cancel)
+            await self._execute(ws, job_id, served, request, params, cancel, batched)
         except ConnectionClosed:
             log.warning("job %s: connection lost, generation stopped", job_id)
         finally:
@@ -364,13 +372,13 @@ class Agent(EmbeddingJobs, SealedJobs):
                 self._job = None
 
     async def _execute(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
-                       params: dict[str, Any], cancel: threading.Event) -> None:
+                       params: dict[str, Any], cancel: threading.Event, batched: bool = False) -> None:
         log.info("job %s: started on %s (%s, max_tokens=%s)", job_id, served.model.id,
                  "raw prompt" if request.prompt is not None else "chat", params.get("max_tokens"))
         started = time.monotonic()
         pieces: list[str] = []
         try:
-            finish = await self._stream(ws, job_id, served, request, params, cancel, pieces)
+            finish = await self._stream(ws, job_id, served, request, params, cancel, pieces, batched)
         except BackendError as exc:
             log.warning("job %s: %s: %s", job_id, exc.code, exc.message)
             await _send(ws, {"type": "job.error", "job_id": job_id, "code": exc.code,
@@ -398,9 +406,11 @@ class Agent(EmbeddingJobs, SealedJobs):
                  job_id, finish.reason, finish.completion_tokens, elapsed, rate)
 
     async def _stream(self, ws: ClientConnection, job_id: str, served: _Served, request: Request,
-                      params: dict[str, Any], cancel: threading.Event, pieces: list[str]) -> Finish:
+                      params: dict[str, Any], cancel: threading.Event, pieces: list[str],
+                      batched: bool = False) -> Finish:
         """Run the blocking generator in a thread and relay its pieces as job.delta frames
-        (collected in `pieces`)."""
+        (collected in `pieces`): one frame a piece, or when `batched` the first piece and then
+        batches (BATCH_SECONDS, BATCH_CHARS)."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -419,15 +429,36 @@ class Agent(EmbeddingJobs, SealedJobs):
 
         threading.Thread(target=produce, name=f"job-{job_id}", daemon=True).start()
         seq = 0
+        batch: list[str] = []
+        batch_chars, sent_at = 0, time.monotonic()
+
+        async def flush() -> None:
+            nonlocal seq, batch, batch_chars, sent_at
+            if batch:
+                text = "".join(batch)
+                await _send(ws, {"type": "job.delta", "job_id": job_id, "seq": seq, "text": text})
+                pieces.append(text)
+                seq += 1
+            batch, batch_chars, sent_at = [], 0, time.monotonic()
+
         while True:
-            item = await queue.get()
+            if batch:
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(0.0, sent_at + BATCH_SECONDS - time.monotonic()))
+                except TimeoutError:
+                    await flush()
+                    continue
+            else:
+                item = await queue.get()
             if isinstance(item, Finish):
+                await flush()
                 return item
             if isinstance(item, BaseException):
                 raise item
-            await _send(ws, {"type": "job.delta", "job_id": job_id, "seq": seq, "text": item})
-            pieces.append(item)
-            seq += 1
+            batch.append(item)
+            batch_chars += len(item)
+            if not batched or seq == 0 or batch_chars >= BATCH_CHARS or time.monotonic() - sent_at >= BATCH_SECONDS:
+                await flush()
 
 async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
     text = protocol.encode(frame)

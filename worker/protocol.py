@@ -164,13 +164,15 @@ def welcome(*, worker_id: str, heartbeat_interval: float) -> dict[str, Any]:
 
 def job_assign(*, job_id: str, model: str, model_digest: str, params: dict[str, Any],
                messages: list[dict] | None = None, prompt: str | None = None,
-               sealed: dict | None = None) -> dict[str, Any]:
+               sealed: dict | None = None, stream: bool = True) -> dict[str, Any]:
     """A chat job carries `messages` (the agent formats them, see worker/prompt.py); a raw
     completion job carries `prompt`, run as given. params: max_tokens, temperature, top_p,
     seed, stop (list of strings). A confidential job carries neither: `sealed` holds the request
-    sealed to the enclave ({"enclave_key", "reply_key", "request"}), which only it opens."""
+    sealed to the enclave ({"enclave_key", "reply_key", "request"}), which only it opens.
+    `stream`: whether the client reads the answer as it is made; when it does not, the agent may
+    send the pieces after the first in batches (it is not part of params: not committed to)."""
     frame = {"type": "job.assign", "job_id": job_id, "model": model, "model_digest": model_digest,
-             "messages": messages, "prompt": prompt, "params": params}
+             "messages": messages, "prompt": prompt, "params": params, "stream": stream}
     if sealed is not None:
         frame["sealed"] = sealed
     return frame

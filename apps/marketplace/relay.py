@@ -215,7 +215,8 @@ class JobRelay(JobMailbox):
             await self._send_to_worker(protocol.job_assign(
                 job_id=str(self.job.id), model=model["id"], model_digest=model["digest"],
                 messages=self.job.messages if self.job.is_chat and self.job.sealed is None else None,
-                prompt=self.job.raw_prompt, params=self.job.params, sealed=self.job.sealed))
+                prompt=self.job.raw_prompt, params=self.job.params, sealed=self.job.sealed,
+                stream=self.job.stream))
             try:
                 frame = await self._next_frame(time.monotonic() + ACCEPT_TIMEOUT, route_on_error=False)
             except TimeoutError:

@@ -33,7 +33,7 @@ def _setup(alice, bob):
     return entry, worker, chat, job_create(user=alice, chat=chat, entry=entry)
 
 
-async def test_an_assignment_the_layer_refuses_refunds_the_job_and_frees_the_worker(alice, bob):
+async def test_an_assignment_the_layer_refuses_refunds_the_job_and_frees_the_worker(alice, bob, monkeypatch):
     entry, worker, chat, job = await database_sync_to_async(_setup)(alice, bob)
     before = await database_sync_to_async(balance_get)(user=alice) + await database_sync_to_async(held_get)(user=alice)
     relay = JobRelay(job=job, entry=entry, route=chat.route)
@@ -41,7 +41,8 @@ async def test_an_assignment_the_layer_refuses_refunds_the_job_and_frees_the_wor
     async def full(channel, message):
         raise ChannelFull()
 
-    relay.layer.send = full  # every send: the assignment and the cancel after it
+    # Every send (the assignment and the cancel after it), on the process's layer: undone after.
+    monkeypatch.setattr(relay.layer, "send", full)
     with pytest.raises(JobFailed) as failed:
         await relay.start()
     await relay.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import threading
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -14,7 +15,7 @@ import worker
 from tests.worker.nodestub import (FakeBackend, NodeStub, assign, frames_until_finished,
                                    receive, refusing_backend, welcome)
 from worker import protocol
-from worker.backends import Request
+from worker.backends import Finish, Request
 from worker.agent import Agent, AgentConfig, FatalError, agent_url, backoff_delay
 
 HARDWARE = {"cpu": "test cpu", "threads": 2, "ram_gb": 1.0}
@@ -155,6 +156,74 @@ def test_job_is_accepted_then_streamed_in_order_then_done():
         assert done["usage"] == {"completion_tokens": 4}
         assert backend.model_ids == ["fake-model"]
         assert backend.requests == [Request(messages=[{"role": "user", "content": "Say hello."}])]
+
+    run(scenario)
+
+
+def _unstreamed(job_id: str, digest: str) -> str:
+    return protocol.encode(protocol.job_assign(
+        job_id=job_id, model="fake-model", model_digest=digest, messages=[{"role": "user", "content": "Say hello."}],
+        params={"max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 7, "stop": []}, stream=False))
+
+
+def test_a_job_nobody_streams_sends_its_first_piece_then_the_rest_in_batches(monkeypatch):
+    from worker.commitment import signature_valid
+
+    monkeypatch.setattr(worker.agent, "BATCH_SECONDS", 30.0)  # only the size ends a batch here
+    monkeypatch.setattr(worker.agent, "BATCH_CHARS", 25)
+    backend = FakeBackend(pieces=("Hel",) + ("0123456789",) * 8)
+
+    async def script(ws: ServerConnection) -> tuple[dict, list[dict]]:
+        hello = await welcome(ws)
+        await ws.send(_unstreamed("job-1", backend.digest))
+        return hello, await frames_until_finished(ws, "job-1")
+
+    async def scenario() -> None:
+        hello, frames = await run_one_session(backend, script)
+        assert [f["type"] for f in frames] == ["job.accepted"] + ["job.delta"] * 4 + ["job.done"]
+        deltas = frames[1:-1]
+        assert [d["seq"] for d in deltas] == [0, 1, 2, 3]
+        # The first piece alone (the node's time to first token), then 3 pieces a batch (30
+        # characters reach 25), then what was left when the answer ended.
+        assert [d["text"] for d in deltas] == ["Hel", "0123456789" * 3, "0123456789" * 3, "0123456789" * 2]
+        done = frames[-1]
+        assert done["usage"] == {"completion_tokens": 9}
+        assert signature_valid(public_key=hello["signing_key"], commitment=done["commitment"],
+                               signature=done["signature"])
+
+    run(scenario)
+
+
+class _PausingBackend(FakeBackend):
+    """Two pieces at once, then nothing until `resume` is set (at most 10 s), then a third."""
+
+    def __init__(self) -> None:
+        super().__init__(pieces=("a", "b", "c"))
+        self.resume = threading.Event()
+
+    def generate(self, model_id, request, params, cancel):
+        yield "a"
+        yield "b"
+        self.resume.wait(10)
+        yield "c"
+        yield Finish("length", 3)
+
+
+def test_a_batch_goes_out_once_it_is_batch_seconds_old_while_the_model_pauses(monkeypatch):
+    monkeypatch.setattr(worker.agent, "BATCH_SECONDS", 0.2)
+    backend = _PausingBackend()
+
+    async def script(ws: ServerConnection) -> list[dict]:
+        await welcome(ws)
+        await ws.send(_unstreamed("job-1", backend.digest))
+        frames = [await receive(ws), await receive(ws), await receive(ws)]  # accepted, "a", "b"
+        backend.resume.set()  # only now: "b" came on its own, by the batch's clock
+        return frames + await frames_until_finished(ws, "job-1")
+
+    async def scenario() -> None:
+        frames = await run_one_session(backend, script)
+        assert [(f["type"], f.get("text")) for f in frames] == [
+            ("job.accepted", None), ("job.delta", "a"), ("job.delta", "b"), ("job.delta", "c"), ("job.done", None)]
 
     run(scenario)
 
