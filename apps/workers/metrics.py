@@ -65,8 +65,13 @@ def worker_speed_record(*, worker_id, model_id: str, ttft_ms: float | None, toke
 
 def worker_completion_record(*, worker_id, model_id: str, ttft_ms: float | None,
                              tokens_per_second: float | None) -> None:
-    """A completed job: its speed and its outcome, in one transaction (the relay's every job).
-    Locks the stats row, then the worker row."""
+    """A completed job: its speed and its outcome, in one transaction (the relay's every job;
+    on PostgreSQL one statement, so one round trip and no BEGIN or COMMIT of its own). Locks the
+    stats row and the worker row."""
+    if connection.vendor in ONE_STATEMENT_VENDORS:
+        _completion_fold_sql(worker_id=worker_id, model_id=model_id, ttft_ms=ttft_ms,
+                             tokens_per_second=tokens_per_second, now=timezone.now())
+        return
     with transaction.atomic():
         _speed_fold(worker_id=worker_id, model_id=model_id, ttft_ms=ttft_ms, tokens_per_second=tokens_per_second)
         _outcome_fold(worker_id=worker_id, outcome="completed")
@@ -143,3 +148,19 @@ def _speed_fold_sql(*, worker_id, model_id: str, ttft_ms: float | None, tokens_p
     with connection.cursor() as cursor:
         cursor.execute(_SPEED_SQL, {"worker_id": worker_id, "model_id": model_id, "ttft_ms": ttft_ms,
                                     "tps": tokens_per_second, "now": timezone.now()})
+
+
+# Both folds of a completed job in one statement: the speed sample's upsert as a data-modifying
+# CTE, the outcome as the statement itself.
+_COMPLETION_SQL = f"WITH speed AS ({_SPEED_SQL}) {_OUTCOME_SQL}"
+
+
+def _completion_fold_sql(*, worker_id, model_id: str, ttft_ms: float | None, tokens_per_second: float | None,
+                         now) -> None:
+    target, weight = OUTCOMES["completed"]
+    with connection.cursor() as cursor:
+        cursor.execute(_COMPLETION_SQL, {"worker_id": worker_id, "model_id": model_id, "ttft_ms": ttft_ms,
+                                         "tps": tokens_per_second, "now": now, "weight": weight, "target": target,
+                                         "completed": 1, "failed": 0})
+        if cursor.fetchone() is None:
+            raise Worker.DoesNotExist(f"no worker {worker_id}")
