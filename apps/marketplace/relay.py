@@ -21,13 +21,13 @@ from apps.workers.metrics import worker_completion_record, worker_outcome_record
 from apps.workers.roster import tier_has_workers
 from apps.workers.routing import RoutePreferences
 from apps.workers.selectors import model_attested, worker_for_enclave, worker_job_state
-from apps.workers.services import worker_claim_best, worker_release, workers_release_job
+from apps.workers.services import worker_release, workers_release_job
 from apps.workers.vacancies import vacancy_wait
 from worker import protocol
 
 from .confidential import attestation_snapshot, sealed_job_complete
 from .models import Job
-from .services import CommitmentRejected, job_complete, job_fail, job_start
+from .services import CommitmentRejected, job_claim_worker, job_complete, job_fail
 
 logger = logging.getLogger(__name__)
 ACCEPT_TIMEOUT = 10.0
@@ -233,15 +233,14 @@ class JobRelay(JobMailbox):
     def _claim_next(self) -> tuple | None:
         """Claim the best idle eligible worker not tried yet and start the job on it: (worker id,
         its channel, model), or None when none is free. One database call for ranking (from the
-        cached roster), the claim (one statement) and the start."""
-        claimed = worker_claim_best(entry=self.entry, tier=self.job.tier, route=self.route,
-                                    price_ceiling=self.job.price_ceiling, job_id=self.job.id, exclude=self.tried,
-                                    only=self.pinned)
+        cached roster) and, on PostgreSQL, one statement for the claim and the start."""
+        claimed = job_claim_worker(job=self.job, entry=self.entry, route=self.route, exclude=self.tried,
+                                   only=self.pinned)
         if claimed is None:
             return None
-        worker_id, channel, model, price = claimed
+        worker_id, channel, model, started = claimed
         self.tried.add(str(worker_id))
-        if not job_start(job_id=self.job.id, worker_id=worker_id, model_digest=model["digest"], price_per_token=price):
+        if not started:
             worker_release(worker_id=worker_id, job_id=self.job.id)
             return JOB_ENDED
         return worker_id, channel, model

@@ -17,6 +17,7 @@ from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
+from apps.workers.services import CLAIM_BATCH, worker_claim_best, workers_claimable
 from peercycles.sql import instance_insert, instance_update
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_problem
 from worker.embedding_commitment import vectors_base64
@@ -152,6 +153,32 @@ def job_start(*, job_id, worker_id, model_digest: str, price_per_token: int) -> 
     return Job.objects.filter(id=job_id, hold_state=Job.HoldState.HELD, price_ceiling__gte=price_per_token).update(
         status=Job.Status.RUNNING, worker_id=worker_id, model_digest=model_digest, price_per_token=price_per_token,
         started_at=timezone.now()) == 1
+
+
+def job_claim_worker(*, job: Job, entry: CatalogueModel, route, exclude: set, only: set | None = None
+                     ) -> tuple | None:
+    """Claim for the job the best idle eligible worker not in `exclude` (and in `only`, when
+    given) and start the job on it: (worker id, its channel, the model entry it serves the job
+    with, started), or None when none is free. `started` is False when the job is no longer held
+    (settled elsewhere meanwhile) or the price came above its ceiling: the worker stays claimed,
+    for the caller to release. On PostgreSQL one statement for both."""
+    if _hand_written():
+        ranked = workers_claimable(entry=entry, tier=job.tier, route=route, price_ceiling=job.price_ceiling,
+                                   exclude=exclude, only=only)
+        claimed = job_sql.worker_claim_and_job_start(ranked=ranked, job_id=job.id, now=timezone.now(),
+                                                     batch=CLAIM_BATCH)
+        if claimed is None:
+            return None
+        worker_id, channel, started = claimed
+        model = next(model for wid, model, _ in ranked if wid == str(worker_id))
+        return worker_id, channel, model, started
+    claimed = worker_claim_best(entry=entry, tier=job.tier, route=route, price_ceiling=job.price_ceiling,
+                                job_id=job.id, exclude=exclude, only=only)
+    if claimed is None:
+        return None
+    worker_id, channel, model, price = claimed
+    return worker_id, channel, model, job_start(job_id=job.id, worker_id=worker_id, model_digest=model["digest"],
+                                                price_per_token=price)
 
 
 class CommitmentRejected(Exception):

@@ -145,15 +145,23 @@ def worker_claim_first(*, ranked: list[tuple], job_id) -> tuple | None:
     return None
 
 
+def workers_claimable(*, entry: CatalogueModel, tier: str, route, price_ceiling: int, exclude: set,
+                      only: set | None = None) -> list[tuple[str, dict, int]]:
+    """(worker id, model entry, price per token) of the eligible workers a job may claim, best
+    first (workers_ranked), less those in `exclude` and, when `only` is given, those not in it."""
+    return [(worker_id, model, price) for worker_id, model, price in workers_ranked(
+        entry=entry, tier=tier, route=route, price_ceiling=price_ceiling)
+        if worker_id not in exclude and (only is None or worker_id in only)]
+
+
 def worker_claim_best(*, entry: CatalogueModel, tier: str, route, price_ceiling: int, job_id,
                       exclude: set, only: set | None = None) -> tuple | None:
     """Claim for `job_id` the best idle eligible worker (the roster's order and the client's
     route preferences, priced within `price_ceiling`) whose id is not in `exclude` (and is in
     `only`, when given: a sealed request's enclave): (worker id, its channel, the model entry it
     serves the job with, its price per token), or None."""
-    ranked = [(worker_id, model, price) for worker_id, model, price in workers_ranked(
-        entry=entry, tier=tier, route=route, price_ceiling=price_ceiling)
-        if worker_id not in exclude and (only is None or worker_id in only)]
+    ranked = workers_claimable(entry=entry, tier=tier, route=route, price_ceiling=price_ceiling, exclude=exclude,
+                               only=only)
     claimed = worker_claim_first(ranked=[(worker_id, model) for worker_id, model, _ in ranked], job_id=job_id)
     if claimed is None:
         return None

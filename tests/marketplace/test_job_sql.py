@@ -116,3 +116,64 @@ def test_a_start_above_the_jobs_price_ceiling_is_refused(way, alice, bob, entry)
 def test_settling_a_job_that_does_not_exist_raises(way):
     with pytest.raises(Job.DoesNotExist):
         job_fail(job_id="00000000-0000-4000-8000-000000000000", code="x", message="y")
+
+
+def _idle_workers(bob, entry, count: int) -> list[Worker]:
+    from apps.workers.roster import roster_forget
+
+    workers = [worker_register(operator=bob, name=f"idle-{n}", tiers=["open"])[0] for n in range(count)]
+    Worker.objects.filter(id__in=[w.id for w in workers]).update(
+        status="idle", channel_name="specific.test!abc", last_seen_at=timezone.now(),
+        models_served=[{"id": entry.served_model, "digest": entry.digests[0], "backend": "builtin"}])
+    roster_forget()
+    return workers
+
+
+def test_a_claim_starts_the_job_on_the_best_idle_worker_at_its_price(way, alice, bob, entry):
+    from apps.marketplace.services import job_claim_worker
+    from apps.workers.services import workers_claimable
+
+    credits_grant(user=alice, credits=1000)
+    workers = _idle_workers(bob, entry, 2)
+    jobs = [job_create(user=alice, chat=_chat(entry), entry=entry) for _ in range(3)]
+    ranked = workers_claimable(entry=entry, tier="open", route=None, price_ceiling=jobs[0].price_ceiling,
+                               exclude=set())
+    assert [worker_id for worker_id, _, _ in ranked] and {w for w, _, _ in ranked} == {str(w.id) for w in workers}
+    claims = [job_claim_worker(job=job, entry=entry, route=None, exclude=set()) for job in jobs]
+    assert claims[2] is None  # both workers are busy now
+    for job, (worker_id, channel, model, started), (best_id, best_model, price) in zip(jobs, claims, ranked):
+        assert (str(worker_id), channel, model, started) == (best_id, "specific.test!abc", best_model, True)
+        stored = Job.objects.get(id=job.id)
+        assert (stored.status, str(stored.worker_id), stored.price_per_token, stored.model_digest) == (
+            "running", best_id, price, entry.digests[0])
+        assert stored.started_at is not None
+        assert Worker.objects.filter(id=worker_id, status="busy", current_job_id=job.id).exists()
+    assert Job.objects.get(id=jobs[2].id).status == "queued"
+
+
+def test_a_claim_skips_excluded_workers_and_workers_that_stopped_serving_the_model(way, alice, bob, entry):
+    from apps.marketplace.services import job_claim_worker
+
+    credits_grant(user=alice, credits=1000)
+    first, second, third = _idle_workers(bob, entry, 3)
+    job = job_create(user=alice, chat=_chat(entry), entry=entry)
+    Worker.objects.filter(id=second.id).update(models_served=[{"id": "other", "digest": "sha256:" + "0" * 64}])
+    worker_id, _, _, started = job_claim_worker(job=job, entry=entry, route=None, exclude={str(first.id)})
+    assert (str(worker_id), started) == (str(third.id), True)
+    assert Worker.objects.get(id=first.id).status == Worker.objects.get(id=second.id).status == "idle"
+
+
+def test_a_claim_for_a_job_settled_meanwhile_does_not_start_it_and_leaves_the_worker_to_release(
+        way, alice, bob, entry):
+    from apps.marketplace.services import job_claim_worker
+
+    credits_grant(user=alice, credits=1000)
+    (worker,) = _idle_workers(bob, entry, 1)
+    job = job_create(user=alice, chat=_chat(entry), entry=entry)
+    job_fail(job_id=job.id, code="job_timeout", message="refunded by the reaper")
+    worker_id, _, _, started = job_claim_worker(job=job, entry=entry, route=None, exclude=set())
+    assert (str(worker_id), started) == (str(worker.id), False)
+    stored = Job.objects.get(id=job.id)
+    assert (stored.status, stored.worker_id, stored.hold_state) == ("failed", None, "released")
+    assert Worker.objects.filter(id=worker.id, status="busy", current_job_id=job.id).exists()
+    assert balance_get(user=alice) == 1000 * 10_000
