@@ -79,8 +79,12 @@ class JobMailbox:
 
 
 class JobRelay(JobMailbox):
-    def __init__(self, *, job: Job, entry: CatalogueModel, route: RoutePreferences | None = None):
+    def __init__(self, *, job: Job, entry: CatalogueModel, route: RoutePreferences | None = None,
+                 claimed: tuple | None = None):
+        """`claimed`: (worker id, its channel, model) when the job was created with a worker
+        already claimed and the job started on it (services.job_create_and_claim)."""
         self.job, self.entry, self.route = job, entry, route
+        self.preclaimed = claimed
         self.model_id = ""
         self.assigned_at = self.first_token_at = None
         self.layer = get_channel_layer()
@@ -101,6 +105,9 @@ class JobRelay(JobMailbox):
             self.channel = await self.layer.new_channel()
             await self.layer.group_add(job_group(self.job.id), self.channel)
         except LAYER_ERRORS as exc:
+            if self.preclaimed is not None:  # nobody else would let it go
+                await database_sync_to_async(worker_release)(worker_id=self.preclaimed[0], job_id=self.job.id)
+                self.preclaimed = None
             await self._link_lost(exc)
         if self.job.sealed is not None:
             await self._pin_enclave()
@@ -203,7 +210,7 @@ class JobRelay(JobMailbox):
             await vacancy_wait(ROUTE_POLL_SECONDS, since=since)
 
     async def _try_assign(self) -> bool:
-        while claimed := await database_sync_to_async(self._claim_next)():
+        while claimed := self._take_preclaimed() or await database_sync_to_async(self._claim_next)():
             if claimed is JOB_ENDED:
                 # The job was settled elsewhere meanwhile (a reaper on this or another node refunded
                 # it): never assign a job nobody will pay for.
@@ -229,6 +236,13 @@ class JobRelay(JobMailbox):
             # job.error before acceptance (e.g. busy): the worker's consumer already released it.
             logger.info("worker %s refused job %s: %s", worker_id, self.job.id, frame.get("code"))
         return False
+
+    def _take_preclaimed(self) -> tuple | None:
+        """The worker claimed with the job's creation, once."""
+        claimed, self.preclaimed = self.preclaimed, None
+        if claimed is not None:
+            self.tried.add(str(claimed[0]))
+        return claimed
 
     def _claim_next(self) -> tuple | None:
         """Claim the best idle eligible worker not tried yet and start the job on it: (worker id,

@@ -17,7 +17,7 @@ from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
-from apps.workers.services import CLAIM_BATCH, worker_claim_best, workers_claimable
+from apps.workers.services import CLAIM_BATCH, worker_claim_best, worker_release, workers_claimable
 from peercycles.sql import instance_insert, instance_update
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_problem
 from worker.embedding_commitment import vectors_base64
@@ -101,18 +101,44 @@ def job_create(*, user, chat: ChatRequest, entry: CatalogueModel) -> Job:
 
     Raises InsufficientCredits (nothing written) when the credits do not cover the quote.
     """
+    return _job_create(user=user, chat=chat, entry=entry)
+
+
+def job_create_and_claim(*, user, chat: ChatRequest, entry: CatalogueModel) -> tuple[Job, tuple | None]:
+    """job_create and, in the same transaction, the claim of the best idle eligible worker with
+    the job's start on it (job_claim_worker): (the job, (worker id, its channel, the model entry
+    it serves the job with) or None when none was free; the relay then routes the job as any).
+    One database call and one commit where the relay made two of each. Raises as job_create."""
+    claimed = None
+
+    def claim(job: Job) -> None:
+        nonlocal claimed
+        found = job_claim_worker(job=job, entry=entry, route=chat.route, exclude=set())
+        if found is None:
+            return
+        worker_id, channel, model, started = found
+        if started:
+            claimed = (worker_id, channel, model)
+        else:  # priced above the job's ceiling after all (the ranking leaves those out): let it go
+            worker_release(worker_id=worker_id, job_id=job.id)
+
+    return _job_create(user=user, chat=chat, entry=entry, then=claim), claimed
+
+
+def _job_create(*, user, chat: ChatRequest, entry: CatalogueModel, then=None) -> Job:
     quote = job_quote(chat=chat, entry=entry)
     return _job_create_held(
-        user=user, quote=quote, public_model=entry.name, served_model=entry.served_model, tier=chat.tier,
-        stream=chat.stream, messages=chat.messages, raw_prompt=chat.prompt, params=chat.params(),
+        user=user, quote=quote, then=then, public_model=entry.name, served_model=entry.served_model,
+        tier=chat.tier, stream=chat.stream, messages=chat.messages, raw_prompt=chat.prompt, params=chat.params(),
         proof_public=chat.public_proof,
         seed=chat.seed, prompt_sha256=sha256_hex(chat.prompt_text()))
 
 
-def _job_create_held(*, user, quote: Quote, **fields) -> Job:
+def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
     """Create the job and hold its quote in one durable transaction (locks the model's catalogue
-    row, then the user's accounts). Raises InsufficientCredits, with nothing written, when the
-    credits do not cover it, and ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
+    row, then the user's accounts), then call `then(job)`, when given, in the same transaction.
+    Raises InsufficientCredits, with nothing written, when the credits do not cover it, and
+    ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
         # Counted under the catalogue row's lock, so a burst cannot overfill the queue between
@@ -133,6 +159,8 @@ def _job_create_held(*, user, quote: Quote, **fields) -> Job:
         except InsufficientFunds as exc:
             transaction.set_rollback(True)
             raise InsufficientCredits(quote.amount, exc.available) from None
+        if then is not None:
+            then(job)
     return job
 
 

@@ -26,7 +26,7 @@ from .requests import (
     parse_chat_request, parse_completion_request, parse_embedding_request, parse_sealed_chat_request, requested_tier,
 )
 from .selectors import job_get, models_listing
-from .services import InsufficientCredits, caller_and_entry, embed_job_create, job_create
+from .services import InsufficientCredits, caller_and_entry, embed_job_create, job_create_and_claim
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +154,13 @@ async def _run_job(request, parse):
 
 
 async def _relay_job(request, *, user, chat, entry, slot):
-    create = sealed_job_create if chat.sealed is not None else job_create
-    job, settlement = await _create_paid_job(request, create=create, user=user, chat=chat, entry=entry)
-    relay = JobRelay(job=job, entry=entry, route=chat.route)
+    if chat.sealed is not None:
+        job, settlement = await _create_paid_job(request, create=sealed_job_create, user=user, chat=chat, entry=entry)
+        claimed = None
+    else:  # created with the best idle worker claimed, in one database call
+        (job, claimed), settlement = await _create_paid_job(request, create=job_create_and_claim, user=user,
+                                                            chat=chat, entry=entry)
+    relay = JobRelay(job=job, entry=entry, route=chat.route, claimed=claimed)
     try:
         await relay.start()
     except JobFailed as exc:
@@ -224,9 +228,9 @@ def _body(request) -> bytes:
 
 
 async def _create_paid_job(request, *, create, **job):
-    """Hold the job's price from credits (`create(**job)`: job_create or embed_job_create); when
-    they do not cover it, settle the x402 payment the request carries (crediting the caller) and
-    try once more, or answer 402."""
+    """Hold the job's price from credits (`create(**job)`: job_create_and_claim, sealed_job_create
+    or embed_job_create); when they do not cover it, settle the x402 payment the request carries
+    (crediting the caller) and try once more, or answer 402."""
     try:
         return await database_sync_to_async(create)(**job), None
     except InsufficientCredits as exc:

@@ -2,11 +2,12 @@
 PostgreSQL and the ORM before any HTTP, WebSocket or channel layer cost.
 
 The steps are the relay's database calls, in its order, each the same function the node calls
-(views_v1 and relay.py): the caller and the model's entry, the job's creation with its hold, the
-claim of a worker with the job's start, the settlement with the worker's metrics, and the agent
-link's release of the worker. With --statements it also prints what PostgreSQL itself spent on
-each kind of statement (its own log, `log_min_duration_statement = 0` for the database while the
-benchmark runs), so the rest of each step is the Python side: the ORM, psycopg and the services.
+(views_v1 and relay.py): the caller and the model's entry, the job's creation with its hold and
+the claim of a worker with the job's start (one call), the settlement with the worker's metrics,
+and the agent link's release of the worker. With --statements it also prints what PostgreSQL
+itself spent on each kind of statement (its own log, `log_min_duration_statement = 0` for the
+database while the benchmark runs), so the rest of each step is the Python side: the ORM,
+psycopg and the services.
 
 Needs PostgreSQL (DATABASE_URL; the default is a database of its own, created and migrated).
 Run: .venv/bin/python tests/bench/bench_job_path.py [--jobs 300] [--statements]
@@ -26,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/peercycles_bench_path")
 os.environ.update(DJANGO_SETTINGS_MODULE="peercycles.settings", DEBUG="0")
-STEPS = ("caller and entry", "create and hold", "claim and start", "settle and metrics", "release")
+STEPS = ("caller and entry", "create, hold, claim and start", "settle and metrics", "release")
 PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")
 
 
 def one_job(fleet, body: bytes, spent: dict) -> None:
     from apps.marketplace.relay import JobRelay
     from apps.marketplace.requests import parse_chat_request
-    from apps.marketplace.services import caller_and_entry, job_create
+    from apps.marketplace.services import caller_and_entry, job_create_and_claim
     from apps.workers.services import worker_release
 
     def step(name, call):
@@ -44,14 +45,14 @@ def one_job(fleet, body: bytes, spent: dict) -> None:
 
     chat = parse_chat_request(body, default_tier="verified", default_max_tokens=32, max_tokens_limit=1024)
     user, entry = step(STEPS[0], lambda: caller_and_entry(raw_key=fleet.api_key, name=chat.model))
-    job = step(STEPS[1], lambda: job_create(user=user, chat=chat, entry=entry))
-    relay = JobRelay(job=job, entry=entry, route=chat.route)
-    worker_id, _, model = step(STEPS[2], relay._claim_next)
+    job, claimed = step(STEPS[1], lambda: job_create_and_claim(user=user, chat=chat, entry=entry))
+    relay = JobRelay(job=job, entry=entry, route=chat.route, claimed=claimed)
+    worker_id, _, model = relay._take_preclaimed()
     relay.worker_id, relay.model_id = worker_id, model["id"]  # as relay._try_assign sets them
     relay.assigned_at, relay.first_token_at = time.monotonic() - 0.25, time.monotonic() - 0.2
     relay.text_parts = ["Hello", " there", ", from", " the bench"]
-    step(STEPS[3], lambda: relay._complete({"finish_reason": "length", "model_digest": model["digest"]}))
-    step(STEPS[4], lambda: worker_release(worker_id=worker_id, job_id=job.id))
+    step(STEPS[2], lambda: relay._complete({"finish_reason": "length", "model_digest": model["digest"]}))
+    step(STEPS[3], lambda: worker_release(worker_id=worker_id, job_id=job.id))
 
 
 def statement_times(log_from: int, jobs: int) -> list[tuple[str, float, float]]:

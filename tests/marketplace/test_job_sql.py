@@ -177,3 +177,32 @@ def test_a_claim_for_a_job_settled_meanwhile_does_not_start_it_and_leaves_the_wo
     assert (stored.status, stored.worker_id, stored.hold_state) == ("failed", None, "released")
     assert Worker.objects.filter(id=worker.id, status="busy", current_job_id=job.id).exists()
     assert balance_get(user=alice) == 1000 * 10_000
+
+
+def test_a_job_created_with_a_claim_starts_on_the_best_idle_worker_in_the_same_call(way, alice, bob, entry):
+    from apps.marketplace.services import job_create_and_claim
+
+    credits_grant(user=alice, credits=1000)
+    (worker,) = _idle_workers(bob, entry, 1)
+    job, claimed = job_create_and_claim(user=alice, chat=_chat(entry), entry=entry)
+    assert claimed is not None and str(claimed[0]) == str(worker.id) and claimed[1] == "specific.test!abc"
+    assert claimed[2]["digest"] == entry.digests[0]
+    stored = Job.objects.get(id=job.id)
+    assert (stored.status, stored.worker_id, stored.hold_state) == ("running", worker.id, "held")
+    assert Worker.objects.filter(id=worker.id, status="busy", current_job_id=job.id).exists()
+    # The only worker is busy now: the next job is created queued, for the relay to route.
+    second, none = job_create_and_claim(user=alice, chat=_chat(entry), entry=entry)
+    assert none is None and Job.objects.get(id=second.id).status == "queued"
+    assert balance_get(user=alice) == 1000 * 10_000 - job.hold_amount - second.hold_amount
+
+
+def test_a_job_refused_for_want_of_credits_claims_no_worker(way, alice, bob, entry):
+    from apps.marketplace.services import InsufficientCredits, job_create_and_claim
+
+    credits_grant(user=alice, credits=1)
+    (worker,) = _idle_workers(bob, entry, 1)
+    with pytest.raises(InsufficientCredits):
+        job_create_and_claim(user=alice, chat=_chat(entry), entry=entry)
+    assert not Job.objects.exists()
+    assert Worker.objects.filter(id=worker.id, status="idle", current_job_id=None).exists()
+    assert balance_get(user=alice) == 1 * 10_000
