@@ -48,12 +48,9 @@ def caller_and_entry_row(*, key_hash: str, name: str) -> tuple | None:
     return key_id, last_used_at, instance_from_row(user_model, ["id"], [user_id]), entry
 
 
-def queue_locked_count(*, public_model: str, tier: str) -> int:
-    """Lock the model's catalogue row, then count its queue: jobs held and not yet started (as
-    selectors.jobs_waiting_count). Two statements: the count must see what committed while the
-    lock was awaited, and a statement sees only what committed before it began."""
+def queue_count(*, public_model: str, tier: str) -> int:
+    """The model's queue: jobs held and not yet started (as selectors.jobs_waiting_count)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {_table(CatalogueModel)} WHERE name = %s FOR UPDATE", [public_model])
         cursor.execute(f"SELECT count(*) FROM {_table(Job)} WHERE public_model = %s AND tier = %s "
                        f"AND status = %s AND hold_state = %s",
                        [public_model, tier, Job.Status.QUEUED, Job.HoldState.HELD])

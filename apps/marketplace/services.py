@@ -2,7 +2,7 @@
 for generation jobs and, with their own quote and completion, embedding jobs.
 
 Lock order everywhere: the job row first, then ledger accounts by id (inside ledger_post); a
-job's creation locks its model's catalogue row before both.
+job's creation may lock the worker it claims before the user's accounts.
 """
 
 from dataclasses import dataclass
@@ -135,15 +135,18 @@ def _job_create(*, user, chat: ChatRequest, entry: CatalogueModel, then=None) ->
 
 
 def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
-    """Create the job and hold its quote in one durable transaction (locks the model's catalogue
-    row, then the user's accounts), then call `then(job)`, when given, in the same transaction.
-    Raises InsufficientCredits, with nothing written, when the credits do not cover it, and
-    ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
+    """Create the job, call `then(job)` when given (job_create_and_claim's claim), and hold the
+    quote, in one durable transaction (the claimed worker's row, then the user's accounts, are
+    locked until it commits). Raises InsufficientCredits, with nothing written, when the credits
+    do not cover it, and ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
-        # Counted under the catalogue row's lock, so a burst cannot overfill the queue between
-        # the count and the insert.
-        if _queue_locked_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
+        # Counted without a lock: a burst may pass the limit by the jobs being created at that
+        # moment (with a pool, at most PEER_DB_POOL_SIZE per node process). The catalogue
+        # row's lock this took before made every job of a model wait for the one before it to
+        # commit, which cost 9% of the throughput at 64 clients once the claim joined the
+        # transaction (docs/benchmarks.md).
+        if _queue_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
             raise ApiError(429, f"{fields['public_model']} ({fields['tier']}) has {settings.PEER_QUEUE_LIMIT} "
                            "requests waiting for a worker; retry shortly.", code="queue_full",
                            headers={"Retry-After": "5"})
@@ -154,21 +157,19 @@ def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
             instance_insert(job)
         else:
             job.save(force_insert=True)
+        if then is not None:  # before the hold: the user's accounts stay locked for less time
+            then(job)
         try:
             credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference)
         except InsufficientFunds as exc:
-            transaction.set_rollback(True)
+            transaction.set_rollback(True)  # and with it anything `then` wrote
             raise InsufficientCredits(quote.amount, exc.available) from None
-        if then is not None:
-            then(job)
     return job
 
 
-def _queue_locked_count(*, public_model: str, tier: str) -> int:
-    """Lock the model's catalogue row, then count the jobs waiting in its queue."""
+def _queue_count(*, public_model: str, tier: str) -> int:
     if _hand_written():
-        return job_sql.queue_locked_count(public_model=public_model, tier=tier)
-    list(CatalogueModel.objects.select_for_update().filter(name=public_model).values_list("id"))
+        return job_sql.queue_count(public_model=public_model, tier=tier)
     return jobs_waiting_count(public_model=public_model, tier=tier)
 
 
