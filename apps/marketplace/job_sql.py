@@ -5,13 +5,12 @@ database is one of HAND_WRITTEN_VENDORS and keeps the ORM's way for the others (
 `make run` without services); the tests run both.
 """
 
-import json
-
 from django.contrib.auth import get_user_model
 from django.db import connection
 
 from apps.accounts.models import ApiKey
 from apps.workers.models import CatalogueModel, Worker
+from apps.workers.services import CLAIM_CTES, claim_run
 from peercycles.sql import columns_of, instance_from_row, select_list
 
 from .models import Job
@@ -70,21 +69,9 @@ def job_start_row(*, job_id, worker_id, model_digest: str, price_per_token: int,
 
 
 def _claim_and_start_sql() -> str:
-    worker, job = _table(Worker), _table(Job)
     return f"""
-WITH wanted AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(models)s::jsonb[], %(prices)s::bigint[])
-        WITH ORDINALITY AS t(id, model, price, position)
-), claimed AS (
-    UPDATE {worker} SET status = 'busy', current_job_id = %(job)s
-    WHERE status = 'idle' AND id = (
-        SELECT w.id FROM {worker} w JOIN wanted ON w.id = wanted.id
-        WHERE w.status = 'idle' AND w.revoked_at IS NULL AND w.models_served @> jsonb_build_array(wanted.model)
-        ORDER BY wanted.position LIMIT 1
-        FOR UPDATE OF w SKIP LOCKED)
-    RETURNING id, channel_name
-), started AS (
-    UPDATE {job} j SET status = %(running)s, worker_id = claimed.id, model_digest = wanted.model->>'digest',
+WITH {CLAIM_CTES}, started AS (
+    UPDATE {_table(Job)} j SET status = %(running)s, worker_id = claimed.id, model_digest = wanted.model->>'digest',
         price_per_token = wanted.price, started_at = %(now)s
     FROM claimed JOIN wanted ON wanted.id = claimed.id
     WHERE j.id = %(job)s AND j.hold_state = %(held)s AND j.price_ceiling >= wanted.price
@@ -94,26 +81,16 @@ SELECT claimed.id, claimed.channel_name, EXISTS (SELECT 1 FROM started) FROM cla
 """
 
 
-def worker_claim_and_job_start(*, ranked: list[tuple], job_id, now, batch: int) -> tuple | None:
+def worker_claim_and_job_start(*, ranked: list[tuple], job_id, now) -> tuple | None:
     """workers.services.worker_claim_first and services.job_start in one statement: claim the
     first of `ranked` ((worker id, model entry, price per token), best first) that is idle, not
-    revoked and still serves that model, and start the job on it. (worker id, its channel, the
-    job started) or None when none was free; the job is not started (False) when it is no longer
-    held or the price is above its ceiling, and the worker is then left claimed for the caller
-    to release. The best `batch` workers are tried first, then the next, as the claim does."""
-    sql = _claim_and_start_sql()
-    for start in range(0, len(ranked), batch):
-        part = ranked[start:start + batch]
-        params = {"ids": [str(worker_id) for worker_id, _, _ in part],
-                  "models": [json.dumps({"id": model["id"], "digest": model["digest"]}) for _, model, _ in part],
-                  "prices": [price for _, _, price in part], "job": str(job_id), "now": now,
-                  "running": Job.Status.RUNNING, "held": Job.HoldState.HELD}
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-        if row:
-            return row[0], row[1], row[2]
-    return None
+    revoked and still serves that model, and start the job on it at that worker's price. (worker
+    id, its channel, the job started) or None when none was free; the job is not started (False)
+    when it is no longer held or the price is above its ceiling, and the worker is then left
+    claimed for the caller to release."""
+    return claim_run(_claim_and_start_sql(), ranked=ranked,
+                     params={"job": str(job_id), "now": now, "running": Job.Status.RUNNING,
+                             "held": Job.HoldState.HELD})
 
 
 def job_locked(*, job_id) -> Job:

@@ -17,7 +17,7 @@ from apps.credits.pricing import job_price
 from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
-from apps.workers.services import CLAIM_BATCH, worker_claim_best, worker_release, workers_claimable
+from apps.workers.services import worker_claim_best, worker_release, workers_claimable
 from peercycles.sql import instance_insert, instance_update
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_problem
 from worker.embedding_commitment import vectors_base64
@@ -194,8 +194,7 @@ def job_claim_worker(*, job: Job, entry: CatalogueModel, route, exclude: set, on
     if _hand_written():
         ranked = workers_claimable(entry=entry, tier=job.tier, route=route, price_ceiling=job.price_ceiling,
                                    exclude=exclude, only=only)
-        claimed = job_sql.worker_claim_and_job_start(ranked=ranked, job_id=job.id, now=timezone.now(),
-                                                     batch=CLAIM_BATCH)
+        claimed = job_sql.worker_claim_and_job_start(ranked=ranked, job_id=job.id, now=timezone.now())
         if claimed is None:
             return None
         worker_id, channel, started = claimed

@@ -104,39 +104,54 @@ def worker_claim(*, worker_id, job_id) -> bool:
 
 
 CLAIM_BATCH = 32
-_CLAIM_FIRST_SQL = f"""
-UPDATE {Worker._meta.db_table} SET status = 'busy', current_job_id = %s
-WHERE status = 'idle' AND id = (
-    SELECT w.id FROM {Worker._meta.db_table} w
-    JOIN unnest(%s::uuid[], %s::jsonb[]) WITH ORDINALITY AS wanted(id, model, position) ON w.id = wanted.id
-    WHERE w.status = 'idle' AND w.revoked_at IS NULL AND w.models_served @> jsonb_build_array(wanted.model)
-    ORDER BY wanted.position LIMIT 1
-    FOR UPDATE OF w SKIP LOCKED)
-RETURNING id, channel_name
-"""
+# The claim, for a statement to build on: `wanted` (id, model, price, position), best first,
+# from the arrays %(ids)s, %(models)s and %(prices)s; `claimed` the first of them that is idle,
+# not revoked and still serves that model, made busy with %(job)s. Concurrent claims skip each
+# other's locked rows, so they take the next worker instead of queueing behind the same best
+# one and retrying it (docs/benchmarks.md).
+CLAIM_CTES = f"""
+wanted AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(models)s::jsonb[], %(prices)s::bigint[])
+        WITH ORDINALITY AS t(id, model, price, position)
+), claimed AS (
+    UPDATE {Worker._meta.db_table} SET status = 'busy', current_job_id = %(job)s
+    WHERE status = 'idle' AND id = (
+        SELECT w.id FROM {Worker._meta.db_table} w JOIN wanted ON w.id = wanted.id
+        WHERE w.status = 'idle' AND w.revoked_at IS NULL AND w.models_served @> jsonb_build_array(wanted.model)
+        ORDER BY wanted.position LIMIT 1
+        FOR UPDATE OF w SKIP LOCKED)
+    RETURNING id, channel_name
+)"""
+_CLAIM_FIRST_SQL = f"WITH {CLAIM_CTES} SELECT id, channel_name FROM claimed"
+
+
+def claim_run(sql: str, *, ranked: list[tuple], params: dict) -> tuple | None:
+    """Run `sql`, a statement built on CLAIM_CTES, over `ranked` ((worker id, model entry, price
+    per token), best first): the best CLAIM_BATCH first (usually one of them is idle, and a short
+    array is cheap), then the next. Its first row, or None when no worker was claimed."""
+    for start in range(0, len(ranked), CLAIM_BATCH):
+        batch = ranked[start:start + CLAIM_BATCH]
+        values = {"ids": [str(worker_id) for worker_id, _, _ in batch],
+                  "models": [json.dumps({"id": model["id"], "digest": model["digest"]}) for _, model, _ in batch],
+                  "prices": [price for _, _, price in batch], **params}
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            row = cursor.fetchone()
+        if row:
+            return row
+    return None
 
 
 def worker_claim_first(*, ranked: list[tuple], job_id) -> tuple | None:
     """Claim the first of `ranked` ((worker id, model entry) pairs, best first) that is idle, not
-    revoked and still serves that model, for `job_id`: (worker id, channel name), or None.
-
-    On PostgreSQL one statement: concurrent jobs skip each other's locked rows, so they take the
-    next worker instead of queueing behind the same best one and retrying it (docs/benchmarks.md).
-    """
+    revoked and still serves that model, for `job_id`: (worker id, channel name), or None. On
+    PostgreSQL one statement (CLAIM_CTES)."""
     if not ranked:
         return None
     if connection.vendor == "postgresql":
-        # The best CLAIM_BATCH first: usually one of them is idle, and a short array is cheap.
-        for start in range(0, len(ranked), CLAIM_BATCH):
-            batch = ranked[start:start + CLAIM_BATCH]
-            ids = [str(worker_id) for worker_id, _ in batch]
-            models = [json.dumps({"id": model["id"], "digest": model["digest"]}) for _, model in batch]
-            with connection.cursor() as cursor:
-                cursor.execute(_CLAIM_FIRST_SQL, [str(job_id), ids, models])
-                row = cursor.fetchone()
-            if row:
-                return row[0], row[1]
-        return None
+        row = claim_run(_CLAIM_FIRST_SQL, ranked=[(worker_id, model, 0) for worker_id, model in ranked],
+                        params={"job": str(job_id)})
+        return (row[0], row[1]) if row else None
     for worker_id, model in ranked:  # SQLite (`make run` without services): one worker at a time
         served = Worker.objects.filter(id=worker_id).values_list("models_served", flat=True).first() or []
         if any(m.get("id") == model["id"] and m.get("digest") == model["digest"] for m in served) \
