@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/peercycles_bench_path")
-os.environ.update(DJANGO_SETTINGS_MODULE="peercycles.settings", DEBUG="0")
+os.environ.update(DEBUG="0"); os.environ.setdefault("DJANGO_SETTINGS_MODULE", "peercycles.settings")
 STEPS = ("caller and entry", "create, hold, claim and start", "settle and metrics", "release")
 PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")
 
