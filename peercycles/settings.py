@@ -115,9 +115,10 @@ if DATABASE_URL and PEER_DB_POOL_SIZE:
 # runs of it there. Off (0) behind a pooler that cannot keep prepared statements (PgBouncer in
 # transaction mode before 1.21).
 PEER_DB_PREPARED = env_bool("PEER_DB_PREPARED", True)
+PEER_DB_PREPARE_AFTER = env_int("PEER_DB_PREPARE_AFTER", 5)
 if DATABASE_URL and PEER_DB_PREPARED:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        server_side_binding=True, prepare_threshold=env_int("PEER_DB_PREPARE_AFTER", 5))
+        server_side_binding=True, prepare_threshold=PEER_DB_PREPARE_AFTER)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")

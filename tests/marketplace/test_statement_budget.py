@@ -89,3 +89,20 @@ def test_a_job_stays_within_its_statement_budget(alice, bob, entry):
     for name, statements in spent.items():
         print(f"{name}: {len(statements)}\n  " + "\n  ".join(s[:160] for s in statements))
     assert {name: len(statements) for name, statements in spent.items()} == BUDGET
+
+
+def test_the_job_paths_statements_are_prepared_after_a_few_runs(alice, bob, entry):
+    """PEER_DB_PREPARED (on by default): a statement run PEER_DB_PREPARE_AFTER times on a
+    connection is prepared there, so PostgreSQL stops parsing and planning it for every job."""
+    from django.conf import settings
+
+    assert connection.vendor == "postgresql"
+    credits_grant(user=alice, credits=1000)
+    raw_key = api_key_issue(user=alice, name="prepared")[1]
+    _worker(bob, entry, "w0")
+    for _ in range(settings.PEER_DB_PREPARE_AFTER + 1):
+        caller_and_entry(raw_key=raw_key, name=entry.name)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("accounts_apikey" in sql for sql in prepared), prepared
