@@ -46,13 +46,21 @@ def _insert_sql(model) -> str:
             f"VALUES ({', '.join(['%s'] * len(fields))})")
 
 
-def instance_insert(instance) -> None:
-    """INSERT `instance` with every column (its primary key set in Python, e.g. a uuid4 default)."""
+def instance_insert(instance, *, returning: str = "", params: list | tuple = ()):
+    """INSERT `instance` with every column (its primary key set in Python, e.g. a uuid4 default).
+    With `returning` (an SQL expression, its own `params`) the statement returns it, read in the
+    statement's snapshot (before the insert), and so does this."""
     fields = list(_fields(type(instance)).values())
     values = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(type(instance)), values)
+        if returning:
+            cursor.execute(f"{_insert_sql(type(instance))} RETURNING {returning}", [*values, *params])
+            returned = cursor.fetchone()[0]
+        else:
+            cursor.execute(_insert_sql(type(instance)), values)
+            returned = None
     instance._state.adding, instance._state.db = False, DEFAULT_DB_ALIAS
+    return returned
 
 
 def instance_update(instance, names: list[str]) -> None:

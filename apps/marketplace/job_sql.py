@@ -11,7 +11,7 @@ from django.db import connection
 from apps.accounts.models import ApiKey
 from apps.workers.models import CatalogueModel, Worker
 from apps.workers.services import CLAIM_CTES, claim_run
-from peercycles.sql import columns_of, instance_from_row, select_list
+from peercycles.sql import columns_of, instance_from_row, instance_insert, select_list
 
 from .models import Job
 
@@ -47,13 +47,14 @@ def caller_and_entry_row(*, key_hash: str, name: str) -> tuple | None:
     return key_id, last_used_at, instance_from_row(user_model, ["id"], [user_id]), entry
 
 
-def queue_count(*, public_model: str, tier: str) -> int:
-    """The model's queue: jobs held and not yet started (as selectors.jobs_waiting_count)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {_table(Job)} WHERE public_model = %s AND tier = %s "
-                       f"AND status = %s AND hold_state = %s",
-                       [public_model, tier, Job.Status.QUEUED, Job.HoldState.HELD])
-        return cursor.fetchone()[0]
+def job_insert_counting_queue(job: Job) -> int:
+    """INSERT the new job and return its model's queue as it was before (jobs held and not yet
+    started, as selectors.jobs_waiting_count): one statement where the count and the insert were
+    two round trips. The caller rolls the insert back when the queue was full."""
+    waiting = (f"(SELECT count(*) FROM {_table(Job)} WHERE public_model = %s AND tier = %s AND status = %s "
+               f"AND hold_state = %s)")
+    return instance_insert(job, returning=waiting,
+                           params=[job.public_model, job.tier, Job.Status.QUEUED, Job.HoldState.HELD])
 
 
 def job_start_row(*, job_id, worker_id, model_digest: str, price_per_token: int, now) -> bool:

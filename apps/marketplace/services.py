@@ -18,7 +18,7 @@ from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, cre
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
 from apps.workers.services import worker_claim_best, worker_release, workers_claimable
-from peercycles.sql import instance_insert, instance_update
+from peercycles.sql import instance_update
 from worker.commitment import commitment_hash, commitment_inputs, sha256_hex, signature_problem
 from worker.embedding_commitment import vectors_base64
 
@@ -141,22 +141,19 @@ def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
     do not cover it, and ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
+        job = Job(user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
+                  price_ceiling=quote.price_ceiling, deadline_at=timezone.now() + timezone.timedelta(seconds=budget),
+                  **fields)
         # Counted without a lock: a burst may pass the limit by the jobs being created at that
         # moment (with a pool, at most PEER_DB_POOL_SIZE per node process). The catalogue
         # row's lock this took before made every job of a model wait for the one before it to
         # commit, which cost 9% of the throughput at 64 clients once the claim joined the
         # transaction (docs/benchmarks.md).
-        if _queue_count(public_model=fields["public_model"], tier=fields["tier"]) >= settings.PEER_QUEUE_LIMIT:
+        if _job_insert_counting_queue(job) >= settings.PEER_QUEUE_LIMIT:
+            transaction.set_rollback(True)
             raise ApiError(429, f"{fields['public_model']} ({fields['tier']}) has {settings.PEER_QUEUE_LIMIT} "
                            "requests waiting for a worker; retry shortly.", code="queue_full",
                            headers={"Retry-After": "5"})
-        job = Job(user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
-                  price_ceiling=quote.price_ceiling, deadline_at=timezone.now() + timezone.timedelta(seconds=budget),
-                  **fields)
-        if _hand_written():
-            instance_insert(job)
-        else:
-            job.save(force_insert=True)
         if then is not None:  # before the hold: the user's accounts stay locked for less time
             then(job)
         try:
@@ -167,10 +164,14 @@ def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
     return job
 
 
-def _queue_count(*, public_model: str, tier: str) -> int:
+def _job_insert_counting_queue(job: Job) -> int:
+    """Insert the job; return how many jobs of its model and tier waited before it (one
+    statement on PostgreSQL)."""
     if _hand_written():
-        return job_sql.queue_count(public_model=public_model, tier=tier)
-    return jobs_waiting_count(public_model=public_model, tier=tier)
+        return job_sql.job_insert_counting_queue(job)
+    waiting = jobs_waiting_count(public_model=job.public_model, tier=job.tier)
+    job.save(force_insert=True)
+    return waiting
 
 
 def job_start(*, job_id, worker_id, model_digest: str, price_per_token: int) -> bool:

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_issue
-from apps.credits.selectors import balance_get
+from apps.credits.selectors import balance_get, held_get
 from apps.credits.services import credits_grant
 from apps.marketplace import job_sql
 from apps.marketplace.demo import catalogue_seed_builtin
@@ -206,3 +206,21 @@ def test_a_job_refused_for_want_of_credits_claims_no_worker(way, alice, bob, ent
     assert not Job.objects.exists()
     assert Worker.objects.filter(id=worker.id, status="idle", current_job_id=None).exists()
     assert balance_get(user=alice) == 1 * 10_000
+
+
+def test_the_queue_refuses_the_job_past_its_limit_and_keeps_nothing_of_it(way, alice, entry, settings):
+    """The count of waiting jobs is read with the job's insert (one statement on PostgreSQL): it
+    must not count the job itself, and a refused job must leave no row and no hold."""
+    settings.PEER_QUEUE_LIMIT = 3
+    credits_grant(user=alice, credits=1000)
+    chat = _chat(entry)
+    for _ in range(3):  # the third finds two waiting: under the limit
+        job_create(user=alice, chat=chat, entry=entry)
+    held, credits = held_get(user=alice), balance_get(user=alice)
+    with pytest.raises(ApiError) as full:
+        job_create(user=alice, chat=chat, entry=entry)
+    assert full.value.status == 429 and full.value.code == "queue_full"
+    assert Job.objects.filter(user=alice).count() == 3
+    assert (held_get(user=alice), balance_get(user=alice)) == (held, credits)
+    # A job of another tier waits in a queue of its own.
+    job_create(user=alice, chat=_chat(entry, peer_tier="verified"), entry=entry)
