@@ -162,6 +162,21 @@ def test_it_raises_insufficient_funds_and_writes_nothing_when_a_user_would_go_ne
     _assert_value_is_conserved()
 
 
+def test_a_leg_naming_an_account_of_another_asset_is_refused_and_writes_nothing(alice_with_10_credits):
+    from apps.credits.ledger import PEER_ISSUER_CODE, AccountSpec, system_spec
+
+    alice = alice_with_10_credits
+    system_account(PEER_ISSUER_CODE)
+    before = _snapshot()
+    # The user's USDC account named as if it held $PEER: balanced per asset, yet wrong.
+    wrong = AccountSpec(code=user_account(user=alice).code, kind=AccountKind.USER, asset=Asset.PEER, user_id=alice.pk)
+    with pytest.raises(LedgerError, match="asset"), transaction.atomic():
+        ledger_post(kind="transfer", legs=[Leg(system_spec(PEER_ISSUER_CODE), -5), Leg(wrong, 5)])
+    assert _snapshot() == before
+    assert balance_get(user=alice) == 100_000
+    _assert_value_is_conserved()
+
+
 def test_a_user_may_spend_down_to_exactly_zero(alice_with_10_credits, bob):
     alice = alice_with_10_credits
 

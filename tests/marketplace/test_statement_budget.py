@@ -32,9 +32,11 @@ pytestmark = pytest.mark.django_db
 # creation (7) and the claim were two database calls until the API made them one
 # (services.job_create_and_claim), and 8 until the queue's count stopped locking the model's
 # catalogue row, and 7 until the queue's count came back with the job's insert
-# (job_sql.job_insert_counting_queue). The first job of a roster's life also reads the roster. Each step is one
+# (job_sql.job_insert_counting_queue); 6 and 7 until a posting locked, checked and wrote its
+# accounts in one statement (ledger._post_if_sound). The first job of a roster's life also reads
+# the roster and creates the accounts. Each step is one
 # database call (views_v1 reads the key and the entry in one).
-BUDGET = {"key and entry": 1, "create, hold, claim and start": 6, "complete and settle": 7,
+BUDGET = {"key and entry": 1, "create, hold, claim and start": 5, "complete and settle": 6,
           "claim and start (a queued job)": 1}
 
 
