@@ -110,10 +110,10 @@ if DATABASE_URL and PEER_DB_POOL_SIZE:
         "min_size": 1, "max_size": PEER_DB_POOL_SIZE, "timeout": env_float("PEER_DB_POOL_TIMEOUT", 20.0)}
 # Server-side parameters and prepared statements: the node sends the same few statements for
 # every job, and with Django's default (client-side binding, nothing prepared) PostgreSQL parsed
-# and planned each of them every time: 3.6 of a job's 7.3 ms in the database, 2.0 prepared
-# (docs/benchmarks.md). psycopg prepares a statement on a connection after PEER_DB_PREPARE_AFTER
-# runs of it there. Off (0) behind a pooler that cannot keep prepared statements (PgBouncer in
-# transaction mode before 1.21).
+# and planned each of them every time: prepared, its CPU per request fell by a third and the
+# node's throughput at 64 clients rose by a fifth (docs/benchmarks.md). psycopg prepares a
+# statement on a connection after PEER_DB_PREPARE_AFTER runs of it there. PEER_DB_PREPARED=0
+# behind a pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
 PEER_DB_PREPARED = env_bool("PEER_DB_PREPARED", True)
 PEER_DB_PREPARE_AFTER = env_int("PEER_DB_PREPARE_AFTER", 5)
 if DATABASE_URL and PEER_DB_PREPARED:

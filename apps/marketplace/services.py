@@ -47,8 +47,8 @@ class Quote:
 
 def catalogue_entry_open(*, name: str) -> CatalogueModel:
     """The active catalogue entry called `name` (ApiError 404 if none). Whether its queue has room
-    is counted once per request, when the job is created, under a lock (_job_create_held): a
-    count here as well cost every request a statement for an earlier 429 (docs/benchmarks.md)."""
+    is counted once per request, by the job's insert (_job_create_held): a count here as well
+    cost every request a statement for an earlier 429 (docs/benchmarks.md)."""
     entry = catalogue_get(name=name)
     if entry is None:
         raise _model_not_found(name)
