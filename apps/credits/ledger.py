@@ -232,14 +232,7 @@ def _insert_posting(txn: LedgerTransaction, entries: list[tuple[int, str, int]],
     params = [txn.kind, txn.idempotency_key, txn.reference, txn.memo, txn.created_at,
               *([txn.created_at, *[value for entry in entries for value in entry]] if entries else []),
               *[value for pair in deltas.items() for value in pair]]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    txn.id = row[0]
-    txn._state.adding, txn._state.db = False, connection.alias
-    return True
+    return _posted(txn, sql, params)
 
 
 def _post_if_sound(txn: LedgerTransaction, legs: list[Leg]) -> bool:
@@ -280,6 +273,12 @@ def _post_if_sound(txn: LedgerTransaction, legs: list[Leg]) -> bool:
     params = [*deltas, *[value for code, delta in deltas.items() for value in (code, assets[code], delta)],
               len(deltas), txn.kind, txn.idempotency_key, txn.reference, txn.memo, txn.created_at,
               txn.created_at, *[value for entry in entries for value in entry]]
+    return _posted(txn, sql, params)
+
+
+def _posted(txn: LedgerTransaction, sql: str, params: list) -> bool:
+    """Run a posting's statement (it returns the new transaction's id, or no row when it posted
+    nothing): True and txn.id set when it posted."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
