@@ -1,6 +1,7 @@
 """HTTP through Django; WebSockets through Channels (the agent link at /ws/agent/, the
 network's event stream at /ws/network/)."""
 
+import gc
 import os
 
 from django.conf import settings
@@ -39,3 +40,12 @@ application = ProtocolTypeRouter({
                             path("ws/workflow/",
                                  AllowedHostsOriginValidator(AuthMiddlewareStack(WorkflowConsumer.as_asgi())))]),
 })
+
+# What a started node holds (modules, Django's apps, every view behind the URL conf, imported now
+# rather than at the first request) lives as long as the process: frozen out of the collector's
+# sight, a full collection scans only what came after. Unfrozen, each one stopped the whole node
+# for 95-114 ms, every few seconds under load (docs/benchmarks.md, "Collector pauses").
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().url_patterns
+gc.freeze()
