@@ -19,7 +19,7 @@ from django.utils import timezone
 from .models import AccountKind, Asset, LedgerAccount, LedgerEntry, LedgerTransaction
 
 MAX_AMOUNT = 2**61
-# Databases where a posting's writes go in one statement (_insert_posting); elsewhere (SQLite, for
+# Databases where a posting goes in one statement (_post_if_sound); elsewhere (SQLite, for
 # `make run`) the portable path. Emptied by tests and benchmarks to run the portable path here too.
 ONE_STATEMENT_VENDORS = {"postgresql"}
 PROMO_CODE = "system:promo:USDC"
@@ -167,10 +167,13 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
     locked = _lock(legs)
     if any(locked[leg.account.code].asset != leg.account.asset for leg in legs):
         raise LedgerError("a leg's asset is not its account's asset")
-    if idempotency_key and not one_statement:
+    entries = [(locked[leg.account.code].id, locked[leg.account.code].asset, leg.amount) for leg in legs if leg.amount]
+    # A posting that moves nothing has no entries for the one statement to insert: portable path.
+    in_one_statement = one_statement and bool(entries)
+    if idempotency_key and not in_one_statement:
         # Looked up under the account locks: a concurrent duplicate touches the same accounts,
         # so it waits here and then finds the committed transaction instead of inserting twice.
-        # (On PostgreSQL the insert itself finds it: _insert_posting.)
+        # (On PostgreSQL the insert itself finds it: ON CONFLICT in _post_if_sound.)
         earlier = _earlier(idempotency_key, legs, locked)
         if earlier is not None:
             return earlier
@@ -180,14 +183,13 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
     for code, delta in deltas.items():
         account = locked[code]
         if not account.allow_negative and account.balance + delta < 0:
-            earlier = _earlier(idempotency_key, legs, locked) if idempotency_key and one_statement else None
+            earlier = _earlier(idempotency_key, legs, locked) if idempotency_key and in_one_statement else None
             if earlier is not None:  # a repeat of a posting that already moved the money
                 return earlier
             raise InsufficientFunds(account, -delta)
-    entries = [(locked[leg.account.code].id, locked[leg.account.code].asset, leg.amount) for leg in legs if leg.amount]
-    changed = {locked[code].id: delta for code, delta in deltas.items() if delta}
-    if one_statement:
-        if not _insert_posting(txn, entries, changed):
+    if in_one_statement:
+        # Every check above passed under the locks, so the statement posts unless the key was taken.
+        if not _post_if_sound(txn, legs):
             earlier = _earlier(idempotency_key, legs, locked)  # the key was taken: by a posting of these legs?
             if earlier is None:
                 raise LedgerError(f"transaction {idempotency_key!r} neither inserted nor found")
@@ -196,7 +198,7 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
         txn.save(force_insert=True)
         LedgerEntry.objects.bulk_create([LedgerEntry(transaction=txn, account_id=account_id, asset=asset, amount=amount)
                                          for account_id, asset, amount in entries])
-        _balances_add(changed)
+        _balances_add({locked[code].id: delta for code, delta in deltas.items() if delta})
     for code, delta in deltas.items():
         locked[code].balance += delta
     return txn
@@ -211,33 +213,9 @@ def _earlier(idempotency_key: str, legs: list[Leg], locked: dict[str, LedgerAcco
     return earlier
 
 
-def _insert_posting(txn: LedgerTransaction, entries: list[tuple[int, str, int]], deltas: dict[int, int]) -> bool:
-    """PostgreSQL: insert the transaction and its entries and add the deltas to the (locked)
-    accounts' balances in one statement, one round trip instead of four (docs/benchmarks.md). An
-    idempotency key already used inserts and changes nothing: False. Sets txn.id."""
-    quote = connection.ops.quote_name
-    txns, rows, accounts = (quote(m._meta.db_table) for m in (LedgerTransaction, LedgerEntry, LedgerAccount))
-    entry_rows = ", ".join(["(CAST(%s AS BIGINT), CAST(%s AS VARCHAR), CAST(%s AS BIGINT))"] * len(entries))
-    delta_rows = ", ".join(["(CAST(%s AS BIGINT), CAST(%s AS BIGINT))"] * len(deltas))
-    # Every data-modifying part of a WITH runs once, to completion, whether the outer query
-    # reads it or not; joined with `posted`, the entries and balances move only if it inserted.
-    sql = (f"WITH posted AS (INSERT INTO {txns} (kind, idempotency_key, reference, memo, created_at) "
-           f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)"
-           + (f", entries AS (INSERT INTO {rows} (transaction_id, account_id, asset, amount, created_at) "
-              f"SELECT posted.id, v.column1, v.column2, v.column3, %s FROM posted, (VALUES {entry_rows}) AS v)"
-              if entries else "")
-           + (f", balances AS (UPDATE {accounts} SET balance = {accounts}.balance + v.column2 "
-              f"FROM posted, (VALUES {delta_rows}) AS v WHERE {accounts}.id = v.column1)" if deltas else "")
-           + " SELECT id FROM posted")
-    params = [txn.kind, txn.idempotency_key, txn.reference, txn.memo, txn.created_at,
-              *([txn.created_at, *[value for entry in entries for value in entry]] if entries else []),
-              *[value for pair in deltas.items() for value in pair]]
-    return _posted(txn, sql, params)
-
-
 def _post_if_sound(txn: LedgerTransaction, legs: list[Leg]) -> bool:
     """PostgreSQL: lock the legs' accounts (ascending id, as _lock), check them and post, all in
-    one statement: one round trip where _lock and _insert_posting are two (docs/benchmarks.md).
+    one statement: one round trip where a lock and then the writes would be two (docs/benchmarks.md).
     Posts only when every account exists, holds the leg's asset and stays at or above zero
     unless it may go negative, and the idempotency key is new: True, txn.id set. Otherwise it
     writes nothing and returns False, the accounts locked, for ledger_post's careful path."""
@@ -266,7 +244,8 @@ def _post_if_sound(txn: LedgerTransaction, legs: list[Leg]) -> bool:
            f"SELECT posted.id, l.id, l.asset, e.amount, CAST(%s AS TIMESTAMPTZ) FROM posted, (VALUES "
            + ", ".join(["(CAST(%s AS VARCHAR), CAST(%s AS BIGINT))"] * len(entries)) + ") AS e (code, amount) "
            f"JOIN locked l ON l.code = e.code), "
-           # Joined with `posted`, as in _insert_posting: the balances move only if it inserted.
+           # Every data-modifying part of a WITH runs once, to completion, whether the outer query
+           # reads it or not; joined with `posted`, the balances move only if it inserted.
            f"balances AS (UPDATE {accounts} SET balance = {accounts}.balance + g.delta FROM posted, legs g "
            f"JOIN locked l ON l.code = g.code WHERE {accounts}.id = l.id AND g.delta <> 0) "
            f"SELECT id FROM posted")

@@ -212,6 +212,26 @@ def test_it_skips_zero_legs_when_writing_entries(alice_with_10_credits, bob):
     _assert_value_is_conserved()
 
 
+def test_a_posting_that_moves_nothing_is_recorded_once_under_its_key(alice_with_10_credits, bob):
+    # A settlement whose charge and refund are both zero posts only zero legs: no entry to write,
+    # which the one-statement path cannot insert, so it takes the portable path, key and all.
+    alice = alice_with_10_credits
+    legs = [Leg(user_account(user=alice), 0), Leg(user_account(user=bob), 0)]
+    before = _snapshot()
+
+    with transaction.atomic():
+        first = ledger_post(kind="transfer", legs=legs, idempotency_key="nothing-moves")
+    with transaction.atomic():
+        again = ledger_post(kind="transfer", legs=legs, idempotency_key="nothing-moves")
+
+    assert again.id == first.id
+    assert LedgerTransaction.objects.filter(idempotency_key="nothing-moves").count() == 1
+    assert not first.entries.exists()
+    transactions, entries, balances = before
+    assert _snapshot() == (transactions + 1, entries, balances)
+    _assert_value_is_conserved()
+
+
 # --- idempotency ------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 # transaction is a savepoint in the test's own, in production a BEGIN and a COMMIT. Before the
 # roster, the one-statement claim and postings that lock accounts by code it was 1 / 2 / 13 / 2
 # (plus 3 reads of the fleet) / 29; before a posting's writes went in one statement on
-# PostgreSQL (ledger._insert_posting), 10 and 15; before the worker's speed and outcome were
+# PostgreSQL, 10 and 15; before the worker's speed and outcome were
 # one statement each (metrics.ONE_STATEMENT_VENDORS), 12; the key and the entry were 3 while the
 # view counted the queue early as well, and 2 until the key and the entry were one hand-written
 # statement (apps/marketplace/job_sql.py); the claim and the start were 2 and the settlement 10
