@@ -12,7 +12,8 @@ missing, so a hot path reads no account before posting (docs/benchmarks.md).
 from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db import IntegrityError, connection
+import psycopg
+from django.db import DatabaseError, IntegrityError, connection
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
@@ -56,6 +57,16 @@ class InsufficientFunds(LedgerError):
 
 class IdempotencyConflict(LedgerError):
     """The same idempotency key was used for a different movement (HTTP 409 at the edge)."""
+
+
+class PostingRefused(LedgerError):
+    """ledger_post_committing's statement would have posted nothing (an account missing, funds
+    short, an asset mismatched, the key used), so the transaction it was to commit aborted and
+    wrote nothing. Run the transaction again with ledger_post, which posts or says why."""
+
+
+# Raised by peer_posting_refused() (credits migration 0005) inside a committing posting.
+POSTING_REFUSED_SQLSTATE = "PCL01"
 
 
 @dataclass(frozen=True)
@@ -147,19 +158,9 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
     same legs it returns the earlier transaction; for different legs it raises
     IdempotencyConflict. Raises InsufficientFunds when a non-issuer account would go negative.
     """
-    for leg in legs:
-        # bigint holds 2**63; refusing a quarter of that keeps every sum of legs and balances far
-        # from overflow, so an absurd amount is a clear error, never a database crash.
-        if not isinstance(leg.amount, int) or isinstance(leg.amount, bool) or abs(leg.amount) > MAX_AMOUNT:
-            raise LedgerError(f"amount {leg.amount!r} is not an integer within ±{MAX_AMOUNT}")
-    totals: dict[str, int] = defaultdict(int)
-    for leg in legs:
-        totals[leg.account.asset] += leg.amount
-    if any(totals.values()):
-        raise LedgerError(f"unbalanced transaction: {dict(totals)}")
+    txn = _transaction_checked(kind=kind, legs=legs, idempotency_key=idempotency_key, reference=reference,
+                               memo=memo)
     one_statement = connection.vendor in ONE_STATEMENT_VENDORS
-    txn = LedgerTransaction(kind=kind, idempotency_key=idempotency_key, reference=reference, memo=memo[:200],
-                            created_at=timezone.now())
     if one_statement and _post_if_sound(txn, legs):
         return txn
     # Not posted by that statement (an account missing, funds short, an asset mismatched or the
@@ -204,6 +205,52 @@ def ledger_post(*, kind: str, legs: list[Leg], idempotency_key: str | None = Non
     return txn
 
 
+def ledger_post_committing(*, kind: str, legs: list[Leg], idempotency_key: str | None = None,
+                           reference: str = "", memo: str = "") -> LedgerTransaction:
+    """ledger_post as the last statement of the caller's outermost transaction.atomic(), sent
+    with the transaction's COMMIT in one round trip on PostgreSQL, so the accounts' row locks
+    last as long as the server takes and never a trip to the node and back. One user's accounts
+    (every job holds and settles on them) and the treasury's (every settlement) are the rows all
+    jobs queue for: held across a round trip, by a node thread then waiting for the GIL, they
+    capped a node at ~70 jobs/s (docs/benchmarks.md).
+
+    Posts as ledger_post would, and the transaction is committed on return. When the posting
+    would not go through as it is (an account to create, funds short, the key used), the
+    transaction aborts instead, having written nothing: PostingRefused, for the caller to run
+    the transaction again with ledger_post. Inside an outer atomic block (a savepoint), on
+    another database, or for legs that all move zero, it is ledger_post, committed by the block."""
+    if not _commits_here() or not any(leg.amount for leg in legs):
+        return ledger_post(kind=kind, legs=legs, idempotency_key=idempotency_key, reference=reference, memo=memo)
+    txn = _transaction_checked(kind=kind, legs=legs, idempotency_key=idempotency_key, reference=reference,
+                               memo=memo)
+    _post_if_sound(txn, legs, commit=True)
+    return txn
+
+
+def _commits_here() -> bool:
+    """Whether a posting may send the COMMIT itself: PostgreSQL through psycopg 3, in the
+    outermost atomic block (never a savepoint: a test's transaction or a caller's outer block)."""
+    return (connection.vendor in ONE_STATEMENT_VENDORS and len(connection.atomic_blocks) == 1
+            and not connection.savepoint_ids and hasattr(connection.connection, "pipeline"))
+
+
+def _transaction_checked(*, kind: str, legs: list[Leg], idempotency_key: str | None, reference: str,
+                         memo: str) -> LedgerTransaction:
+    """The transaction to post for `legs`, once they are integers in range that balance."""
+    for leg in legs:
+        # bigint holds 2**63; refusing a quarter of that keeps every sum of legs and balances far
+        # from overflow, so an absurd amount is a clear error, never a database crash.
+        if not isinstance(leg.amount, int) or isinstance(leg.amount, bool) or abs(leg.amount) > MAX_AMOUNT:
+            raise LedgerError(f"amount {leg.amount!r} is not an integer within ±{MAX_AMOUNT}")
+    totals: dict[str, int] = defaultdict(int)
+    for leg in legs:
+        totals[leg.account.asset] += leg.amount
+    if any(totals.values()):
+        raise LedgerError(f"unbalanced transaction: {dict(totals)}")
+    return LedgerTransaction(kind=kind, idempotency_key=idempotency_key, reference=reference, memo=memo[:200],
+                             created_at=timezone.now())
+
+
 def _earlier(idempotency_key: str, legs: list[Leg], locked: dict[str, LedgerAccount]) -> LedgerTransaction | None:
     """The transaction already posted under `idempotency_key`, if it moved the same legs; raises
     IdempotencyConflict if it moved others."""
@@ -213,12 +260,14 @@ def _earlier(idempotency_key: str, legs: list[Leg], locked: dict[str, LedgerAcco
     return earlier
 
 
-def _post_if_sound(txn: LedgerTransaction, legs: list[Leg]) -> bool:
+def _post_if_sound(txn: LedgerTransaction, legs: list[Leg], commit: bool = False) -> bool:
     """PostgreSQL: lock the legs' accounts (ascending id, as _lock), check them and post, all in
     one statement: one round trip where a lock and then the writes would be two (docs/benchmarks.md).
     Posts only when every account exists, holds the leg's asset and stays at or above zero
     unless it may go negative, and the idempotency key is new: True, txn.id set. Otherwise it
-    writes nothing and returns False, the accounts locked, for ledger_post's careful path."""
+    writes nothing and returns False, the accounts locked, for ledger_post's careful path.
+    With `commit` (ledger_post_committing) it sends the transaction's COMMIT along, and instead
+    of posting nothing it aborts the transaction: PostingRefused."""
     entries = [(leg.account.code, leg.amount) for leg in legs if leg.amount]
     if not entries or not connection.in_atomic_block:  # the careful path says what is wrong
         return False
@@ -248,11 +297,11 @@ def _post_if_sound(txn: LedgerTransaction, legs: list[Leg]) -> bool:
            # reads it or not; joined with `posted`, the balances move only if it inserted.
            f"balances AS (UPDATE {accounts} SET balance = {accounts}.balance + g.delta FROM posted, legs g "
            f"JOIN locked l ON l.code = g.code WHERE {accounts}.id = l.id AND g.delta <> 0) "
-           f"SELECT id FROM posted")
+           + ("SELECT COALESCE((SELECT id FROM posted), peer_posting_refused())" if commit else "SELECT id FROM posted"))
     params = [*deltas, *[value for code, delta in deltas.items() for value in (code, assets[code], delta)],
               len(deltas), txn.kind, txn.idempotency_key, txn.reference, txn.memo, txn.created_at,
               txn.created_at, *[value for entry in entries for value in entry]]
-    return _posted(txn, sql, params)
+    return _posted_and_committed(txn, sql, params) if commit else _posted(txn, sql, params)
 
 
 def _posted(txn: LedgerTransaction, sql: str, params: list) -> bool:
@@ -264,6 +313,27 @@ def _posted(txn: LedgerTransaction, sql: str, params: list) -> bool:
     if row is None:
         return False
     txn.id = row[0]
+    txn._state.adding, txn._state.db = False, connection.alias
+    return True
+
+
+def _posted_and_committed(txn: LedgerTransaction, sql: str, params: list) -> bool:
+    """_posted, with the transaction's COMMIT in the same round trip (psycopg's pipeline mode):
+    the server commits as soon as the statement ends. A statement that raised (the posting
+    refused) leaves the transaction aborted and the COMMIT unrun; Django's atomic block, left by
+    the exception, rolls it back. Django's own COMMIT at the block's end then finds nothing to do."""
+    pg = connection.connection
+    with connection.cursor() as cursor:
+        try:
+            with pg.pipeline():
+                cursor.execute(sql, params)
+                pg.commit()
+        except (psycopg.Error, DatabaseError) as exc:
+            cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+            if getattr(cause, "sqlstate", None) == POSTING_REFUSED_SQLSTATE:
+                raise PostingRefused(str(cause).strip()) from None
+            raise
+        txn.id = cursor.fetchone()[0]
     txn._state.adding, txn._state.db = False, connection.alias
     return True
 

@@ -8,7 +8,7 @@ from django.db import transaction
 from .ledger import (  # noqa: F401  (re-exported: the ledger's API lives with the credits)
     EXTERNAL_USDC_CODE, PAYOUTS_PENDING_CODE, PEER_BURNED_CODE, PEER_ISSUER_CODE, PROMO_CODE,
     STAKERS_POOL_CODE, TREASURY_CODE, AccountSpec, IdempotencyConflict, InsufficientFunds, Leg, LedgerError,
-    account_get_or_create, ledger_post, system_account, system_spec)
+    PostingRefused, account_get_or_create, ledger_post, ledger_post_committing, system_account, system_spec)
 from .models import AccountKind, LedgerAccount, LedgerTransaction
 from .pricing import credits_to_micro, split_capture, validator_pay
 
@@ -50,18 +50,23 @@ def credits_grant(*, user, credits: int, memo: str = "", idempotency_key: str | 
                            legs=[Leg(promo, -amount), Leg(account, amount)])
 
 
-def credits_hold_in_atomic(*, user, amount: int, reference: str) -> LedgerTransaction:
-    """Move `amount` from the user's credits to their held account. Caller holds an atomic block."""
+def credits_hold_in_atomic(*, user, amount: int, reference: str, commits: bool = False) -> LedgerTransaction:
+    """Move `amount` from the user's credits to their held account. Caller holds an atomic block.
+    With `commits`, the block's last statement, committing it (ledger_post_committing: it may
+    raise PostingRefused, for the caller to run the block again without)."""
     available, held = _user_spec(user.pk), _user_held_spec(user.pk)
-    return ledger_post(kind="hold", reference=reference, idempotency_key=f"{reference}:hold",
+    post = ledger_post_committing if commits else ledger_post
+    return post(kind="hold", reference=reference, idempotency_key=f"{reference}:hold",
                        legs=[Leg(available, -amount), Leg(held, amount)])
 
 
-def credits_settle_in_atomic(*, user, held_amount: int, charge: int, worker, reference: str) -> LedgerTransaction:
+def credits_settle_in_atomic(*, user, held_amount: int, charge: int, worker, reference: str,
+                             commits: bool = False) -> LedgerTransaction:
     """Capture `charge` of a hold (70/24/6 split) and release the rest, in one transaction.
 
     A charge of zero is a full refund. The idempotency key is per reference, so a hold is
-    settled exactly once whichever path (relay, reaper) gets there first.
+    settled exactly once whichever path (relay, reaper) gets there first. `commits` as
+    credits_hold_in_atomic's.
     """
     if not 0 <= charge <= held_amount:
         raise LedgerError(f"charge {charge} outside the hold 0..{held_amount}")
@@ -71,8 +76,9 @@ def credits_settle_in_atomic(*, user, held_amount: int, charge: int, worker, ref
         split = split_capture(charge)
         legs += [Leg(_worker_spec(worker), split.worker), Leg(system_spec(STAKERS_POOL_CODE), split.stakers_pool),
                  Leg(system_spec(TREASURY_CODE), split.treasury)]
-    return ledger_post(kind="capture" if charge else "refund", reference=reference,
-                       idempotency_key=f"{reference}:settle", legs=legs)
+    post = ledger_post_committing if commits else ledger_post
+    return post(kind="capture" if charge else "refund", reference=reference, idempotency_key=f"{reference}:settle",
+                legs=legs)
 
 
 def credits_hold_release_in_atomic(*, user, amount: int, reference: str, forfeit: bool) -> LedgerTransaction:

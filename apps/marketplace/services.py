@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.accounts.selectors import api_key_authenticate, api_key_touch, api_key_well_formed
 from apps.accounts.services import api_key_hash
 from apps.credits.pricing import job_price
-from apps.credits.services import InsufficientFunds, credits_hold_in_atomic, credits_settle_in_atomic
+from apps.credits.services import InsufficientFunds, PostingRefused, credits_hold_in_atomic, credits_settle_in_atomic
 from apps.workers.roster import price_ceiling
 from apps.workers.models import CatalogueModel
 from apps.workers.services import worker_claim_best, worker_release, workers_claimable
@@ -113,6 +113,7 @@ def job_create_and_claim(*, user, chat: ChatRequest, entry: CatalogueModel) -> t
 
     def claim(job: Job) -> None:
         nonlocal claimed
+        claimed = None  # a transaction run again (_job_create_held) claims again
         found = job_claim_worker(job=job, entry=entry, route=chat.route, exclude=set())
         if found is None:
             return
@@ -138,7 +139,19 @@ def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
     """Create the job, call `then(job)` when given (job_create_and_claim's claim), and hold the
     quote, in one durable transaction (the claimed worker's row, then the user's accounts, are
     locked until it commits). Raises InsufficientCredits, with nothing written, when the credits
-    do not cover it, and ApiError 429 when PEER_QUEUE_LIMIT jobs already wait."""
+    do not cover it, and ApiError 429 when PEER_QUEUE_LIMIT jobs already wait.
+
+    The hold is the transaction's last statement and carries its COMMIT (the user's accounts
+    locked for no round trip: ledger_post_committing); when it would not go through (a new
+    user's first hold, credits short) the transaction runs again with a plain hold, which
+    creates the accounts or says what is short."""
+    try:
+        return _job_create_held_once(user=user, quote=quote, then=then, commits=True, **fields)
+    except PostingRefused:
+        return _job_create_held_once(user=user, quote=quote, then=then, commits=False, **fields)
+
+
+def _job_create_held_once(*, user, quote: Quote, then, commits: bool, **fields) -> Job:
     budget = settings.PEER_QUEUE_TIMEOUT + settings.PEER_JOB_TIMEOUT + 60
     with transaction.atomic(durable=True):
         job = Job(user=user, prompt_tokens=quote.prompt_tokens, hold_amount=quote.amount,
@@ -157,7 +170,7 @@ def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
         if then is not None:  # before the hold: the user's accounts stay locked for less time
             then(job)
         try:
-            credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference)
+            credits_hold_in_atomic(user=user, amount=quote.amount, reference=job.reference, commits=commits)
         except InsufficientFunds as exc:
             transaction.set_rollback(True)  # and with it anything `then` wrote
             raise InsufficientCredits(quote.amount, exc.available) from None
@@ -260,19 +273,30 @@ def job_complete(*, job_id, output_text: str, finish_reason: str, model_digest: 
 def _job_capture(*, job_id, settle) -> Job:
     """Capture what `settle(job)` charges of the job's hold (the 70/24/6 split), release the rest
     and record it completed with the fields `settle` returns as well ((charge, fields)). Locks the
-    job row, then the ledger accounts; a no-op returning the job when it was settled already."""
+    job row, then the ledger accounts; a no-op returning the job when it was settled already.
+
+    The posting is the transaction's last statement and carries its COMMIT, as the hold's in
+    _job_create_held: when it would not go through (the worker's first earnings, an account to
+    create) the transaction runs again with a plain posting."""
+    try:
+        return _job_capture_once(job_id=job_id, settle=settle, commits=True)
+    except PostingRefused:
+        return _job_capture_once(job_id=job_id, settle=settle, commits=False)
+
+
+def _job_capture_once(*, job_id, settle, commits: bool) -> Job:
     with transaction.atomic(durable=True):
         job = _job_locked(job_id)
         if job.hold_state != Job.HoldState.HELD:
             return job
         charge, fields = settle(job)
-        credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
-                                 worker=job.worker, reference=job.reference)
         job.status, job.hold_state, job.charged_amount = Job.Status.COMPLETED, Job.HoldState.CAPTURED, charge
         job.finished_at = timezone.now()
         for name, value in fields.items():
             setattr(job, name, value)
         _job_save(job, ["status", "hold_state", "charged_amount", "finished_at", *fields])
+        credits_settle_in_atomic(user=job.user, held_amount=job.hold_amount, charge=charge,
+                                 worker=job.worker, reference=job.reference, commits=commits)
     return job
 
 
