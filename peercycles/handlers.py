@@ -15,11 +15,14 @@ makes a thread-sensitive call gets a RuntimeError rather than running on a threa
 serves another request.
 """
 
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
+from django.core import signals
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections, reset_queries
 
 # Idle threads kept for the next requests. Past it (after a burst) a returned thread is let go:
 # its executor shuts down without waiting, and the thread ends once its last call does.
@@ -67,11 +70,41 @@ class PooledThreadsASGIHandler(ASGIHandler):
 
 
 def get_asgi_application() -> PooledThreadsASGIHandler:
-    """As django.core.asgi.get_asgi_application, with the pooled handler."""
+    """As django.core.asgi.get_asgi_application, with the pooled handler, no thread hop for the
+    request_started signal, and daphne's requests without twisted's form parsing."""
     import django
 
     django.setup(set_prefix=False)
+    # Django's two receivers of request_started are sync, so every request began with a thread
+    # hop to run them (2% of the node's busy time under load, docs/benchmarks.md). Neither has
+    # work here: the pooled thread gave its connections back when its last request finished
+    # (request_finished still closes them, and database_sync_to_async around every call of our
+    # async views), and the query log that reset_queries empties exists under DEBUG only, bounded.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_started.disconnect(reset_queries)
+    daphne_requests_without_form_parsing()
     return PooledThreadsASGIHandler()
+
+
+def daphne_requests_without_form_parsing() -> None:
+    """In a daphne process: its requests are twisted's, which by default run every POST's
+    Content-Type through the email package (and a form's body into `request.args`), which
+    daphne never reads: it hands the raw body to the application. That was 5% of the node's busy
+    time under load (docs/benchmarks.md). Twisted's Request takes parsePOSTFormSubmission=False
+    for this; daphne makes its requests from its module's WebRequest, so that name becomes a
+    subclass passing it. Nothing happens where daphne is not the server."""
+    module = sys.modules.get("daphne.http_protocol")
+    if module is None or getattr(module.WebRequest, "parses_forms", True) is False:
+        return
+
+    class WebRequestWithoutFormParsing(module.WebRequest):
+        parses_forms = False
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("parsePOSTFormSubmission", False)
+            super().__init__(*args, **kwargs)
+
+    module.WebRequest = WebRequestWithoutFormParsing
 
 
 class ThreadPerConnection:

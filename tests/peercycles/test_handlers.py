@@ -85,3 +85,41 @@ def test_the_started_node_is_frozen_out_of_the_collectors_sight():
 
     assert asgi.application is not None
     assert gc.get_freeze_count() > 100_000
+
+
+STARTED_AS_DAPHNE_DOES = """
+import daphne.server  # daphne's CLI has its server, and so its request class, before the app
+from daphne import http_protocol
+from twisted.web.test.requesthelper import DummyChannel
+
+import peercycles.asgi
+from django.core.signals import request_started
+
+class Server:  # what a request tells daphne's server of itself
+    def protocol_connected(self, request):
+        pass
+
+
+factory = http_protocol.HTTPFactory(server=Server())
+channel = DummyChannel()
+channel.factory = factory
+request = factory.buildProtocol(("127.0.0.1", 1)).requestFactory(channel)
+print(request_started.has_listeners(), request._parsePOSTFormSubmission)
+"""
+
+
+def test_the_started_node_hops_no_thread_for_request_started_and_parses_no_forms_in_daphne():
+    """Each request began with a thread hop for Django's sync request_started receivers, and
+    daphne's twisted requests parsed every POST's Content-Type through the email package, which
+    daphne never reads: 2% and 5% of the node's busy time (docs/benchmarks.md). In a process
+    started as daphne starts one, neither is left. (A subprocess: Django's test client connects
+    close_old_connections to request_started again after each of its requests.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "peercycles.settings"}
+    done = subprocess.run([sys.executable, "-c", STARTED_AS_DAPHNE_DOES], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
