@@ -12,7 +12,6 @@ missing, so a hot path reads no account before posting (docs/benchmarks.md).
 from collections import defaultdict
 from dataclasses import dataclass
 
-import psycopg
 from django.db import DatabaseError, IntegrityError, connection
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -325,13 +324,14 @@ def _posted_and_committed(txn: LedgerTransaction, sql: str, params: list) -> boo
     pg = connection.connection
     with connection.cursor() as cursor:
         try:
-            with pg.pipeline():
+            # Errors surface at the pipeline's sync, outside the cursor's own wrapping: wrapped
+            # here, so callers see Django's exceptions as from any other statement.
+            with connection.wrap_database_errors, pg.pipeline():
                 cursor.execute(sql, params)
                 pg.commit()
-        except (psycopg.Error, DatabaseError) as exc:
-            cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
-            if getattr(cause, "sqlstate", None) == POSTING_REFUSED_SQLSTATE:
-                raise PostingRefused(str(cause).strip()) from None
+        except DatabaseError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == POSTING_REFUSED_SQLSTATE:
+                raise PostingRefused(str(exc.__cause__).strip()) from None
             raise
         txn.id = cursor.fetchone()[0]
     txn._state.adding, txn._state.db = False, connection.alias

@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Sum
 
 from apps.credits.ledger import PROMO_CODE, PostingRefused, ledger_post, ledger_post_committing, system_account
@@ -93,6 +93,27 @@ def test_a_key_used_already_is_refused_rather_than_posted_twice(alice, bob):
 
     assert _snapshot() == before
     assert balance_get(user=bob) == 1_000
+    _assert_value_is_conserved()
+
+
+def test_a_database_error_on_the_way_comes_out_as_djangos_and_writes_nothing(alice, bob):
+    # Another connection holds alice's account row; the posting gives up waiting for it.
+    credits_grant(user=alice, credits=1)
+    alice_account, bob_account = user_account(user=alice), user_account(user=bob)
+    before = _snapshot()
+    db = settings.DATABASES["default"]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"],
+                         dbname=connection.settings_dict["NAME"]) as other:
+        other.execute("SELECT 1 FROM credits_ledgeraccount WHERE code = %s FOR UPDATE", [alice_account.code])
+
+        with pytest.raises(OperationalError), transaction.atomic(durable=True):
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '100ms'")
+            _grant_in_block(bob, 1_000)
+            ledger_post_committing(kind="transfer", legs=[Leg(alice_account, -1_000), Leg(bob_account, 1_000)])
+        other.rollback()
+
+    assert _snapshot() == before
     _assert_value_is_conserved()
 
 
