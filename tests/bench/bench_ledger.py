@@ -1,5 +1,8 @@
 """Settlements per second on PostgreSQL with the ledger's locking: hold + capture of a job, the
-way the relay does it, from several threads at once.
+way the relay does it, from several threads at once. Three ways to write a posting, alternating:
+with its transaction's COMMIT in the same round trip (as a job's hold and settlement are shipped:
+ledger_post_committing), in one statement with the COMMIT a round trip later (ledger_post, as
+every other posting on PostgreSQL), and step by step (the portable path SQLite takes).
 
   spread  every thread settles jobs of its own user (only the system accounts are shared)
   hot     every thread settles jobs of one user (its credit and held accounts are shared too)
@@ -41,7 +44,7 @@ def _prepare():
                        "workers_worker, auth_user CASCADE")
 
 
-def _settle_loop(user, worker, count: int, errors: list):
+def _settle_loop(user, worker, count: int, commits: bool, errors: list):
     from django.db import connection, transaction
 
     from apps.credits.services import credits_hold_in_atomic, credits_settle_in_atomic
@@ -50,20 +53,21 @@ def _settle_loop(user, worker, count: int, errors: list):
         for _ in range(count):
             reference = f"job:{uuid.uuid4()}"
             with transaction.atomic(durable=True):
-                credits_hold_in_atomic(user=user, amount=150_000, reference=reference)
+                credits_hold_in_atomic(user=user, amount=150_000, reference=reference, commits=commits)
             with transaction.atomic(durable=True):
                 credits_settle_in_atomic(user=user, held_amount=150_000, charge=123_400, worker=worker,
-                                         reference=reference)
+                                         reference=reference, commits=commits)
     except Exception as exc:  # reported, so a deadlock or lost update shows in the figures
         errors.append(repr(exc))
     finally:
         connection.close()
 
 
-def run(mode: str, threads: int, per_thread: int) -> tuple[float, list]:
+def run(mode: str, threads: int, per_thread: int, commits: bool) -> tuple[float, list]:
     from django.contrib.auth import get_user_model
 
-    from apps.credits.services import credits_grant
+    from apps.credits.services import (STAKERS_POOL_CODE, TREASURY_CODE, credits_grant, system_account,
+                                       user_held_account, worker_account)
     from apps.workers.services import worker_register
 
     User = get_user_model()
@@ -73,8 +77,12 @@ def run(mode: str, threads: int, per_thread: int) -> tuple[float, list]:
              for i in range(threads if mode == "spread" else 1)]
     for user in users:
         credits_grant(user=user, credits=1_000_000)
+        user_held_account(user=user)  # every account exists, so a committing posting never refuses
+    worker_account(worker=worker)
+    for code in (STAKERS_POOL_CODE, TREASURY_CODE):
+        system_account(code)
     errors: list = []
-    pool = [threading.Thread(target=_settle_loop, args=(users[i % len(users)], worker, per_thread, errors))
+    pool = [threading.Thread(target=_settle_loop, args=(users[i % len(users)], worker, per_thread, commits, errors))
             for i in range(threads)]
     started = time.perf_counter()
     for thread in pool:
@@ -95,13 +103,14 @@ def main():
 
     from apps.credits import ledger
 
-    print(f"hold + capture per job, {args.threads} threads x {args.per_thread} jobs, PostgreSQL; a posting's "
-          "writes in one statement (as shipped) or in four (the portable path SQLite takes), alternating")
+    print(f"hold + capture per job, {args.threads} threads x {args.per_thread} jobs, PostgreSQL; a posting with "
+          "its COMMIT (as a job's are shipped), in one statement, or step by step (the portable path), alternating")
+    ways = (("with COMMIT", {"postgresql"}, True), ("one statement", {"postgresql"}, False), ("step by step", set(), False))
     for round_ in range(args.rounds):
-        for writes, vendors in (("one statement", {"postgresql"}), ("four", set())):
+        for writes, vendors, commits in ways:
             ledger.ONE_STATEMENT_VENDORS = vendors
             for mode in ("spread", "hot"):
-                rate, errors = run(mode, args.threads, args.per_thread)
+                rate, errors = run(mode, args.threads, args.per_thread, commits)
                 print(f"round {round_ + 1}  {writes:13}  {mode:7} {rate:8.1f} settlements/s   errors: "
                       f"{len(errors)} {errors[:1]}", flush=True)
     problems = ledger_invariant_violations()
