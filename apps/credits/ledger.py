@@ -300,14 +300,21 @@ def _post_if_sound(txn: LedgerTransaction, legs: list[Leg], commit: bool = False
     params = [*deltas, *[value for code, delta in deltas.items() for value in (code, assets[code], delta)],
               len(deltas), txn.kind, txn.idempotency_key, txn.reference, txn.memo, txn.created_at,
               txn.created_at, *[value for entry in entries for value in entry]]
-    return _posted_and_committed(txn, sql, params) if commit else _posted(txn, sql, params)
+    return _posted(txn, sql, params, commit=commit)
 
 
-def _posted(txn: LedgerTransaction, sql: str, params: list) -> bool:
+def _posted(txn: LedgerTransaction, sql: str, params: list, commit: bool = False) -> bool:
     """Run a posting's statement (it returns the new transaction's id, or no row when it posted
-    nothing): True and txn.id set when it posted."""
+    nothing): True and txn.id set when it posted. With `commit`, the transaction's COMMIT goes
+    in the same round trip (psycopg's pipeline mode) and the server commits as soon as the
+    statement ends; a statement that raised (the posting refused: PostingRefused) leaves the
+    transaction aborted and the COMMIT unrun, for Django's atomic block, left by the exception,
+    to roll back. Django's own COMMIT at the block's end then finds nothing to do."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        if commit:
+            _execute_and_commit(cursor, sql, params)
+        else:
+            cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return False
@@ -316,26 +323,18 @@ def _posted(txn: LedgerTransaction, sql: str, params: list) -> bool:
     return True
 
 
-def _posted_and_committed(txn: LedgerTransaction, sql: str, params: list) -> bool:
-    """_posted, with the transaction's COMMIT in the same round trip (psycopg's pipeline mode):
-    the server commits as soon as the statement ends. A statement that raised (the posting
-    refused) leaves the transaction aborted and the COMMIT unrun; Django's atomic block, left by
-    the exception, rolls it back. Django's own COMMIT at the block's end then finds nothing to do."""
+def _execute_and_commit(cursor, sql: str, params: list) -> None:
     pg = connection.connection
-    with connection.cursor() as cursor:
-        try:
-            # Errors surface at the pipeline's sync, outside the cursor's own wrapping: wrapped
-            # here, so callers see Django's exceptions as from any other statement.
-            with connection.wrap_database_errors, pg.pipeline():
-                cursor.execute(sql, params)
-                pg.commit()
-        except DatabaseError as exc:
-            if getattr(exc.__cause__, "sqlstate", None) == POSTING_REFUSED_SQLSTATE:
-                raise PostingRefused(str(exc.__cause__).strip()) from None
-            raise
-        txn.id = cursor.fetchone()[0]
-    txn._state.adding, txn._state.db = False, connection.alias
-    return True
+    try:
+        # Errors surface at the pipeline's sync, outside the cursor's own wrapping: wrapped here,
+        # so callers see Django's exceptions as from any other statement.
+        with connection.wrap_database_errors, pg.pipeline():
+            cursor.execute(sql, params)
+            pg.commit()
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == POSTING_REFUSED_SQLSTATE:
+            raise PostingRefused(str(exc.__cause__).strip()) from None
+        raise
 
 
 def _balances_add(deltas: dict[int, int]) -> None:

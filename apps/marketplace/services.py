@@ -145,10 +145,7 @@ def _job_create_held(*, user, quote: Quote, then=None, **fields) -> Job:
     locked for no round trip: ledger_post_committing); when it would not go through (a new
     user's first hold, credits short) the transaction runs again with a plain hold, which
     creates the accounts or says what is short."""
-    try:
-        return _job_create_held_once(user=user, quote=quote, then=then, commits=True, **fields)
-    except PostingRefused:
-        return _job_create_held_once(user=user, quote=quote, then=then, commits=False, **fields)
+    return _committing_else_plain(_job_create_held_once, user=user, quote=quote, then=then, **fields)
 
 
 def _job_create_held_once(*, user, quote: Quote, then, commits: bool, **fields) -> Job:
@@ -278,10 +275,17 @@ def _job_capture(*, job_id, settle) -> Job:
     The posting is the transaction's last statement and carries its COMMIT, as the hold's in
     _job_create_held: when it would not go through (the worker's first earnings, an account to
     create) the transaction runs again with a plain posting."""
+    return _committing_else_plain(_job_capture_once, job_id=job_id, settle=settle)
+
+
+def _committing_else_plain(run_once, **kwargs):
+    """Run a transaction whose last posting carries its COMMIT (`run_once(commits=True)`); when
+    that posting refused, writing nothing, run it again with a plain posting, which creates
+    what is missing or raises what is wrong."""
     try:
-        return _job_capture_once(job_id=job_id, settle=settle, commits=True)
+        return run_once(commits=True, **kwargs)
     except PostingRefused:
-        return _job_capture_once(job_id=job_id, settle=settle, commits=False)
+        return run_once(commits=False, **kwargs)
 
 
 def _job_capture_once(*, job_id, settle, commits: bool) -> Job:
